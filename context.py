@@ -1,0 +1,42 @@
+"""The running job, as the pack's nodes see it inside the worker.
+
+The job pipeline hands a :class:`JobContext` to the executor, which makes it current on
+its thread for the duration of the prompt. Credentials travel here, never through
+workflow widgets (those are saved into every PNG and shared workflow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .storage import BucketConfig, UploadedFile
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    bucket: BucketConfig | None = None
+    #: Files that nodes uploaded themselves (S3 Upload); they join the job's ``files``.
+    uploads: list[UploadedFile] = field(default_factory=list)
+
+
+_current: JobContext | None = None
+
+
+def current() -> JobContext | None:
+    """The job being executed, or None on the desktop / outside a job."""
+    return _current
+
+
+@contextmanager
+def active(context: JobContext | None) -> Iterator[None]:
+    global _current
+    previous, _current = _current, context
+    try:
+        yield
+    finally:
+        _current = previous

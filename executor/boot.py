@@ -1,0 +1,187 @@
+"""Boot a real ComfyUI inside this process — no HTTP server, no websocket.
+
+Order matters and follows ComfyUI's own ``main.py`` (see ../shared/comfyui-notes.md):
+CLI args before ``comfy.model_management`` is imported, ``utils.extra_config`` before
+``nodes``, the server stand-in installed before custom nodes load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .locate import ComfyLocation, find_comfyui, is_comfyui_tree, read_version
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, Any], None]
+
+
+@dataclass
+class BootSettings:
+    """How to boot ComfyUI. Every field has a working default."""
+
+    work_dir: Path
+    comfyui_path: Path | None = None
+    #: None: CUDA when torch sees a GPU, CPU otherwise.
+    cpu: bool | None = None
+    #: Extra ComfyUI CLI flags by attribute name, e.g. {"lowvram": True, "fp16_vae": True}.
+    comfy_args: Mapping[str, Any] = field(default_factory=dict)
+    extra_model_paths: tuple[Path, ...] = ()
+    #: Folders scanned for custom nodes besides ComfyUI's own ``custom_nodes/``.
+    custom_node_dirs: tuple[Path, ...] = ()
+    load_custom_nodes: bool = True
+
+
+@dataclass
+class Comfy:
+    """Handles on the booted ComfyUI modules that the runner uses."""
+
+    location: ComfyLocation
+    device: str
+    boot_s: float
+    server: HeadlessServer
+    execution: ModuleType
+    nodes: ModuleType
+    folder_paths: ModuleType
+    model_management: ModuleType
+    output_dir: Path
+    temp_dir: Path
+    input_root: Path
+    failed_custom_nodes: list[str]
+
+
+class HeadlessServer:
+    """What ``PromptExecutor`` and nodes touch on ComfyUI's ``PromptServer``, minus HTTP.
+
+    Events go to ``listener`` (the runner's per-job progress tap) instead of a websocket.
+    ``routes`` exists so that custom nodes that register HTTP routes at import still load.
+    """
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.last_prompt_id: str | None = None
+        self.sockets_metadata: dict[str, Any] = {}
+        self.supports: list[str] = []
+        self.routes = web.RouteTableDef()
+        self.app = web.Application()
+        self.listener: Listener | None = None
+        try:  # ComfyUI >= 0.33: deprecated node types are rewritten before validation
+            from app.node_replace_manager import NodeReplaceManager
+
+            self.node_replace_manager = NodeReplaceManager()
+        except ImportError:
+            self.node_replace_manager = None
+
+    def send_sync(self, event: str, data: Any, sid: str | None = None) -> None:
+        if self.listener is not None:
+            self.listener(event, data)
+
+    def send_progress_text(self, text: str, node_id: str, sid: str | None = None) -> None:
+        self.send_sync("progress_text", {"node": node_id, "text": text}, sid)
+
+    def queue_updated(self) -> None:
+        pass
+
+
+def _resolve(settings: BootSettings) -> ComfyLocation:
+    if settings.comfyui_path is None:
+        return find_comfyui()
+    path = settings.comfyui_path.expanduser().resolve()
+    if not is_comfyui_tree(path):
+        from .locate import ComfyUINotFound
+
+        raise ComfyUINotFound(f"{path} is not a ComfyUI folder")
+    return ComfyLocation(path, "settings", read_version(path))
+
+
+def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
+    """Import and initialise ComfyUI once; ``loop`` runs its async node loading."""
+    started = time.perf_counter()
+    location = _resolve(settings)
+    log.info("booting %s", location.describe())
+    if str(location.path) not in sys.path:
+        sys.path.insert(0, str(location.path))
+
+    import torch
+    from comfy.cli_args import args
+
+    cpu = settings.cpu if settings.cpu is not None else not torch.cuda.is_available()
+    args.cpu = cpu
+    for name, value in settings.comfy_args.items():
+        if not hasattr(args, name):
+            raise ValueError(f"unknown ComfyUI flag {name!r}")
+        setattr(args, name, value)
+
+    import folder_paths
+    import utils.extra_config  # before `nodes`: it puts comfy/ first on sys.path
+
+    work = settings.work_dir.resolve()
+    dirs = {name: work / name for name in ("output", "temp", "input", "user")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    folder_paths.set_output_directory(str(dirs["output"]))
+    folder_paths.set_temp_directory(str(dirs["temp"]))
+    folder_paths.set_input_directory(str(dirs["input"]))
+    folder_paths.set_user_directory(str(dirs["user"]))
+    for yaml_path in settings.extra_model_paths:
+        utils.extra_config.load_extra_path_config(str(yaml_path))
+    for custom_dir in settings.custom_node_dirs:
+        folder_paths.add_model_folder_path("custom_nodes", str(Path(custom_dir).resolve()))
+
+    import comfy.model_management as model_management
+    import execution
+    import nodes
+    import server
+
+    headless = HeadlessServer()
+    server.PromptServer.instance = headless
+    _register_own_nodes(nodes)
+    failed = loop.run_until_complete(
+        nodes.init_extra_nodes(init_custom_nodes=settings.load_custom_nodes, init_api_nodes=False)
+    )
+    failed = list(failed or [])
+    device = str(model_management.get_torch_device())
+    elapsed = time.perf_counter() - started
+    log.info(
+        "ComfyUI %s ready on %s in %.1fs: %d node types%s",
+        location.version,
+        device,
+        elapsed,
+        len(nodes.NODE_CLASS_MAPPINGS),
+        f", {len(failed)} failed to import: {', '.join(failed)}" if failed else "",
+    )
+    return Comfy(
+        location=location,
+        device=device,
+        boot_s=elapsed,
+        server=headless,
+        execution=execution,
+        nodes=nodes,
+        folder_paths=folder_paths,
+        model_management=model_management,
+        output_dir=dirs["output"],
+        temp_dir=dirs["temp"],
+        input_root=dirs["input"],
+        failed_custom_nodes=failed,
+    )
+
+
+def _register_own_nodes(nodes: ModuleType) -> None:
+    """Make this pack's nodes available even when it is not in ``custom_nodes/``."""
+    from .. import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)
+    for name, title in NODE_DISPLAY_NAME_MAPPINGS.items():
+        nodes.NODE_DISPLAY_NAME_MAPPINGS.setdefault(name, title)

@@ -1,0 +1,77 @@
+"""Turn ComfyUI's per-node ``ui`` dicts into the contract's ``files`` and ``datas``.
+
+A ``ui`` entry is a file list when its items carry ``filename``/``type`` (images, gifs,
+audio, video, 3D, ...); anything else is data. Temp previews and echoes of input files
+are not outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: ui keys that only describe the files beside them (e.g. SaveAnimatedWEBP's flag).
+_FILE_FLAGS = frozenset({"animated"})
+_NOT_OUTPUTS = frozenset({"temp", "input"})
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file an output node wrote, with where it came from."""
+
+    path: Path
+    node_id: str
+    kind: str  # the ui key: images, gifs, audio, video, 3d, ...
+    filename: str
+    subfolder: str
+
+
+def _is_file_list(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(item, dict) and "filename" in item for item in value)
+    )
+
+
+def collect(
+    ui_outputs: Mapping[str, Mapping[str, Any]],
+    node_order: Iterable[str],
+    directory_of: Callable[[str], str | None],
+) -> tuple[list[OutputFile], dict[str, dict[str, Any]]]:
+    """Split ``ui_outputs`` into files (in the workflow's node order) and datas."""
+    order = {node_id: index for index, node_id in enumerate(node_order)}
+    files: list[OutputFile] = []
+    datas: dict[str, dict[str, Any]] = {}
+    for node_id in sorted(ui_outputs, key=lambda n: order.get(n, len(order))):
+        for key, value in (ui_outputs[node_id] or {}).items():
+            if _is_file_list(value):
+                files.extend(_files_of(node_id, key, value, directory_of))
+            elif key not in _FILE_FLAGS:
+                datas.setdefault(node_id, {})[key] = value
+    return files, datas
+
+
+def _files_of(
+    node_id: str, kind: str, items: list[dict[str, Any]], directory_of: Callable[[str], str | None]
+) -> Iterable[OutputFile]:
+    for item in items:
+        kind_of_dir = item.get("type", "output")
+        if kind_of_dir in _NOT_OUTPUTS:
+            continue
+        base = directory_of(kind_of_dir)
+        if base is None:
+            log.warning("node %s reported a file of unknown type %r", node_id, kind_of_dir)
+            continue
+        root = Path(base).resolve()
+        subfolder = item.get("subfolder") or ""
+        path = (root / subfolder / item["filename"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            log.warning("node %s reported %s, which is not a file under %s", node_id, path, root)
+            continue
+        yield OutputFile(path, node_id, kind, item["filename"], subfolder)

@@ -1,0 +1,444 @@
+"""Run prompts on a booted ComfyUI: one dedicated thread, one prompt at a time.
+
+The thread owns ComfyUI (and its event loop, which async nodes need), so callers may be
+sync (``run``) or async (``run_async``) and never block each other's event loops.
+Cancel and deadlines both use ComfyUI's own interrupt; the next prompt runs normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import logging
+import queue
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import context as job_context
+from ..errors import JobError
+from .boot import BootSettings, Comfy, boot
+from .outputs import OutputFile, collect
+from .progress import ProgressCallback, ProgressTracker
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_UNHEALTHY_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error")
+
+
+@dataclass
+class Workspace:
+    """A job's own folders: its inputs (``LoadImage`` sees only these) and its outputs."""
+
+    job_id: str
+    input_dir: Path
+    output_dir: Path
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.input_dir, ignore_errors=True)
+        shutil.rmtree(self.output_dir, ignore_errors=True)
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    files: list[OutputFile] = field(default_factory=list)
+    datas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: JobError | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    #: The process should not take more jobs (e.g. a CUDA error left the device broken).
+    unhealthy: bool = False
+
+
+class RunHandle:
+    """A submitted prompt: its future result, and a way to cancel it."""
+
+    def __init__(self, executor: Executor, timeout_s: float | None) -> None:
+        self.future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
+        self.timeout_s = timeout_s
+        self.cancelled = False
+        self.timed_out = False
+        self.running = False
+        self._executor = executor
+        self._timer: threading.Timer | None = None
+
+    def cancel(self) -> None:
+        """Stop the prompt: before it starts, or through ComfyUI's interrupt while it runs."""
+        self.cancelled = True
+        self._executor._interrupt_if_running(self)
+
+    def _expire(self) -> None:
+        self.timed_out = True
+        self._executor._interrupt_if_running(self)
+
+
+@dataclass
+class _Request:
+    prompt: dict[str, Any]
+    workspace: Workspace
+    on_progress: ProgressCallback | None
+    handle: RunHandle
+    context: job_context.JobContext | None
+
+
+class Executor:
+    """Owns one in-process ComfyUI. Boot once (``start``), then ``run`` many prompts."""
+
+    def __init__(self, settings: BootSettings) -> None:
+        self.settings = settings
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._comfy: Comfy | None = None
+        self._boot_error: BaseException | None = None
+        self._booted = threading.Event()
+        self._current: RunHandle | None = None
+        self._lock = threading.Lock()
+        self._tracker: ProgressTracker | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Comfy:
+        """Boot ComfyUI on the executor thread (idempotent); raise if it cannot boot."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, name="comfyui-executor", daemon=True)
+            self._thread.start()
+        self._booted.wait()
+        if self._boot_error is not None:
+            raise self._boot_error
+        assert self._comfy is not None
+        return self._comfy
+
+    @property
+    def comfy(self) -> Comfy:
+        return self.start()
+
+    def close(self) -> None:
+        """Interrupt the running prompt, drop the queue, and stop the thread."""
+        if self._thread is None:
+            return
+        with self._lock:
+            if self._current is not None:
+                self._current.cancel()
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+        self._thread = None
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def workspace(self, job_id: str) -> Workspace:
+        """Create the job's folders; ``cleanup`` removes them."""
+        comfy = self.start()
+        safe = _UNSAFE.sub("_", job_id).strip("._") or uuid.uuid4().hex
+        ws = Workspace(safe, comfy.input_root / safe, comfy.output_dir / safe)
+        ws.input_dir.mkdir(parents=True, exist_ok=True)
+        return ws
+
+    def submit(
+        self,
+        prompt: Mapping[str, Any],
+        workspace: Workspace,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout_s: float | None = None,
+        context: job_context.JobContext | None = None,
+    ) -> RunHandle:
+        """Queue a prompt; ``context`` is what the pack's nodes see as the running job."""
+        self.start()
+        handle = RunHandle(self, timeout_s)
+        prompt = copy.deepcopy(dict(prompt))
+        self._queue.put(_Request(prompt, workspace, on_progress, handle, context))
+        return handle
+
+    def run(self, prompt: Mapping[str, Any], workspace: Workspace, **kwargs: Any) -> RunResult:
+        return self.submit(prompt, workspace, **kwargs).future.result()
+
+    async def run_async(
+        self, prompt: Mapping[str, Any], workspace: Workspace, **kwargs: Any
+    ) -> RunResult:
+        """Like ``run``; cancelling the awaiting task interrupts ComfyUI, then re-raises."""
+        handle = self.submit(prompt, workspace, **kwargs)
+        try:
+            return await asyncio.shield(asyncio.wrap_future(handle.future))
+        except asyncio.CancelledError:
+            handle.cancel()
+            raise
+
+    def _interrupt_if_running(self, handle: RunHandle) -> None:
+        with self._lock:
+            if self._current is handle and self._comfy is not None:
+                self._comfy.nodes.interrupt_processing(True)
+
+    # -- the executor thread ----------------------------------------------------------------
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        try:
+            self._comfy = boot(self.settings, loop)
+            self._install_hooks(self._comfy)
+            self._prompt_executor = self._make_prompt_executor(self._comfy)
+        except BaseException as exc:  # reported to every caller of start()
+            log.exception("ComfyUI failed to boot")
+            self._boot_error = exc
+            self._booted.set()
+            return
+        self._booted.set()
+        while (request := self._queue.get()) is not None:
+            handle = request.handle
+            if handle.cancelled:
+                handle.future.set_result(
+                    _failed("cancelled", "the job was cancelled before it started")
+                )
+                continue
+            try:
+                result = loop.run_until_complete(self._run_one(request))
+            except BaseException as exc:  # never lose the thread
+                log.exception("internal error while running a prompt")
+                result = _failed("internal_error", f"{type(exc).__name__}: {exc}")
+            handle.future.set_result(result)
+        loop.close()
+
+    def _make_prompt_executor(self, comfy: Comfy) -> Any:
+        cache_type = comfy.execution.CacheType.CLASSIC
+        cache_args = {"lru": 0, "ram": 0, "ram_inactive": 0}  # all three: 0.3.75 and 0.33
+        return comfy.execution.PromptExecutor(
+            comfy.server, cache_type=cache_type, cache_args=cache_args
+        )
+
+    def _install_hooks(self, comfy: Comfy) -> None:
+        import comfy.utils as comfy_utils
+
+        try:
+            from comfy_execution.progress import get_progress_state
+        except ImportError:  # older ComfyUI: no per-node progress registry
+            get_progress_state = None
+        try:
+            from comfy_execution.utils import get_executing_context
+        except ImportError:
+            get_executing_context = None
+        throw_if_interrupted = comfy.model_management.throw_exception_if_processing_interrupted
+
+        def hook(value, total, preview_image, prompt_id=None, node_id=None, **_: Any) -> None:
+            # Interrupt checks happen here too, so cancel lands mid-sampler, not after it.
+            throw_if_interrupted()
+            if node_id is None and get_executing_context is not None:
+                context = get_executing_context()
+                node_id = context.node_id if context is not None else None
+            node_id = node_id or comfy.server.last_node_id
+            if get_progress_state is not None and node_id is not None:
+                get_progress_state().update_progress(node_id, value, total, preview_image)
+            if self._tracker is not None:
+                self._tracker.on_step(value, total, node_id)
+
+        comfy_utils.set_progress_bar_global_hook(hook)
+
+    async def _run_one(self, request: _Request) -> RunResult:
+        comfy = self._comfy
+        assert comfy is not None
+        handle, ws, prompt = request.handle, request.workspace, request.prompt
+        prompt_id = str(uuid.uuid4())
+        result = RunResult(prompt_id)
+        started = time.perf_counter()
+
+        tracker = ProgressTracker(prompt, request.on_progress)
+
+        def listener(event: str, data: Any) -> None:
+            if event == "execution_start" and (handle.cancelled or handle.timed_out):
+                comfy.nodes.interrupt_processing(True)  # execute() cleared an earlier interrupt
+            tracker.on_event(event, data)
+
+        _isolate_outputs(prompt, ws.job_id)
+        comfy.folder_paths.set_input_directory(str(ws.input_dir))
+        comfy.server.listener, self._tracker = listener, tracker
+        if handle.timeout_s is not None:
+            handle._timer = threading.Timer(max(handle.timeout_s, 0.0), handle._expire)
+            handle._timer.daemon = True
+            handle._timer.start()
+        with self._lock:
+            self._current = handle
+        try:
+            error = await self._validate(comfy, prompt_id, prompt)
+            result.timings["validate_s"] = time.perf_counter() - started
+            if isinstance(error, JobError):
+                result.error = error
+                return result
+            if handle.cancelled or handle.timed_out:
+                result.error = _interrupted(handle, None)
+                return result
+            executed_at = time.perf_counter()
+            with job_context.active(request.context):
+                await self._prompt_executor.execute_async(
+                    prompt, prompt_id, _extra_data(prompt_id), error
+                )
+            result.timings["execute_s"] = time.perf_counter() - executed_at
+            result.error, result.unhealthy = _execution_error(
+                self._prompt_executor.status_messages, prompt, handle
+            )
+            if result.error is None:
+                result.files, result.datas = collect(
+                    self._prompt_executor.history_result.get("outputs", {}),
+                    prompt.keys(),
+                    comfy.folder_paths.get_directory_by_type,
+                )
+            if result.error is not None and result.error.code == "out_of_memory":
+                comfy.model_management.soft_empty_cache()
+            return result
+        finally:
+            with self._lock:
+                self._current = None
+            if handle._timer is not None:
+                handle._timer.cancel()
+            comfy.nodes.interrupt_processing(False)
+            comfy.server.listener, self._tracker = None, None
+            comfy.folder_paths.set_input_directory(str(comfy.input_root))
+            _remove_temp_files(self._prompt_executor, comfy)
+
+    async def _validate(
+        self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]
+    ) -> JobError | list[str]:
+        """ComfyUI's own validation; returns the output nodes to run, or the error."""
+        unknown = _unknown_node_types(prompt, comfy.nodes.NODE_CLASS_MAPPINGS)
+        if unknown:
+            return unknown
+        replacer = getattr(comfy.server, "node_replace_manager", None)
+        if replacer is not None:
+            for node in prompt.values():
+                if isinstance(node, dict):
+                    node.setdefault("_meta", {"title": node.get("class_type", "")})
+            replacer.apply_replacements(prompt)
+        try:
+            ok, error, good_outputs, node_errors = await comfy.execution.validate_prompt(
+                prompt_id, prompt, None
+            )
+        except Exception as exc:  # malformed prompts can trip ComfyUI's validator itself
+            return JobError("invalid_input", f"the workflow could not be validated: {exc}")
+        if ok:
+            return list(good_outputs)
+        return _validation_error(error, node_errors, prompt)
+
+
+def _unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
+    """Name every unknown node type at once (ComfyUI stops at the first)."""
+    missing = {}
+    for node_id, node in prompt.items():
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        if not isinstance(class_type, str) or class_type not in known:
+            missing[str(node_id)] = class_type
+    if not missing:
+        return None
+    listed = ", ".join(f"node {node_id} ({ct!r})" for node_id, ct in missing.items())
+    return JobError(
+        "validation_failed",
+        f"unknown node type in {listed}: install the custom nodes that provide "
+        "them on the worker, or fix class_type",
+        {"unknown_node_types": missing},
+    )
+
+
+def _extra_data(prompt_id: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"client_id": f"comfyui-runpod-{prompt_id}"}
+    import latent_preview
+    from comfy.cli_args import args
+
+    if hasattr(latent_preview, "set_preview_method"):  # 0.33 resets it per prompt
+        extra["preview_method"] = getattr(args.preview_method, "value", args.preview_method)
+    return extra
+
+
+def _isolate_outputs(prompt: dict[str, Any], job_id: str) -> None:
+    """Prefix every ``filename_prefix`` with the job id: files land in the job's folder.
+
+    It also changes the save nodes' inputs, so an identical re-submitted workflow still
+    re-runs its save nodes (and returns files) while everything upstream stays cached.
+    """
+    for node in prompt.values():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
+            parts = inputs["filename_prefix"].replace("\\", "/").split("/")
+            kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
+            inputs["filename_prefix"] = "/".join([job_id, *kept])
+
+
+def _validation_error(
+    error: Mapping[str, Any], node_errors: Mapping[str, Any], prompt: Mapping[str, Any]
+) -> JobError:
+    problems = []
+    detail: dict[str, Any] = {"node_errors": {}}
+    for node_id, info in (node_errors or {}).items():
+        class_type = info.get("class_type") or prompt.get(node_id, {}).get("class_type")
+        messages = []
+        for item in info.get("errors", []):
+            text = item.get("message", "")
+            if item.get("details"):
+                text = f"{text}: {item['details']}"
+            messages.append(text)
+        detail["node_errors"][node_id] = {"class_type": class_type, "errors": info.get("errors")}
+        problems.append(f"node {node_id} ({class_type}): {'; '.join(messages)}")
+    if not problems:
+        message = error.get("message", "invalid workflow")
+        if error.get("details"):
+            message = f"{message}: {error['details']}"
+        problems.append(message)
+    detail["error"] = dict(error or {})
+    return JobError("validation_failed", "; ".join(problems), detail)
+
+
+def _execution_error(
+    messages: list[tuple[str, dict[str, Any]]], prompt: Mapping[str, Any], handle: RunHandle
+) -> tuple[JobError | None, bool]:
+    for event, data in messages:
+        if event == "execution_interrupted":
+            return _interrupted(handle, data), False
+        if event == "execution_error":
+            node_id = str(data.get("node_id"))
+            class_type = data.get("node_type") or prompt.get(node_id, {}).get("class_type")
+            kind = str(data.get("exception_type", "Exception"))
+            text = str(data.get("exception_message", "")).strip().splitlines()
+            where = f"node {node_id} ({class_type})"
+            detail = {"node_id": node_id, "class_type": class_type, "exception_type": kind}
+            unhealthy = any(marker in " ".join(text) for marker in _UNHEALTHY_MARKERS)
+            if "OutOfMemoryError" in kind:
+                line = f"{where} ran out of memory; models were unloaded, try smaller sizes"
+                return JobError("out_of_memory", line, detail), unhealthy
+            first = text[0] if text else ""
+            line = f"{where} raised {kind.rsplit('.', 1)[-1]}: {first}"
+            return JobError("execution_failed", line, detail), unhealthy
+    return None, False
+
+
+def _interrupted(handle: RunHandle, data: Mapping[str, Any] | None) -> JobError:
+    where = ""
+    if data and data.get("node_id") is not None:
+        where = f" at node {data['node_id']} ({data.get('node_type')})"
+    if handle.timed_out:
+        return JobError(
+            "timeout", f"execution exceeded {handle.timeout_s:g}s and was stopped{where}"
+        )
+    return JobError("cancelled", f"the job was cancelled{where}")
+
+
+def _failed(code: str, message: str) -> RunResult:
+    return RunResult(prompt_id="", error=JobError(code, message))
+
+
+def _remove_temp_files(prompt_executor: Any, comfy: Comfy) -> None:
+    """Previews are not outputs: delete those this prompt wrote."""
+    history = getattr(prompt_executor, "history_result", None) or {}
+    temp_root = comfy.temp_dir.resolve()
+    for ui in history.get("outputs", {}).values():
+        for value in (ui or {}).values():
+            if not isinstance(value, list):
+                continue
+            for item in value:
+                if isinstance(item, dict) and item.get("type") == "temp" and "filename" in item:
+                    path = (temp_root / item.get("subfolder", "") / item["filename"]).resolve()
+                    if path.is_relative_to(temp_root):
+                        path.unlink(missing_ok=True)
