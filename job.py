@@ -1,0 +1,159 @@
+"""Parse a RunPod job into a :class:`JobRequest`, or fail with a clear ``invalid_input``.
+
+Accepts the contract in ../shared/design.md: ``input.workflow`` (object or JSON string,
+API format), ``tobase64``, ``tobucket``, ``images``/``files``, request-level ``s3Config``
+and ``policy``. Nothing here touches ComfyUI, the network or the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import JobError
+from .storage import BucketConfig, StorageError, resolve_bucket
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+#: Longest accepted ``policy.executionTimeout``: RunPod's own maximum is 7 days.
+MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+
+
+@dataclass(frozen=True)
+class InputMedia:
+    """A file the job brings for ``LoadImage``: a safe file name and where its bytes are."""
+
+    name: str
+    source: str  # base64, data: URI or http(s) URL
+
+
+@dataclass
+class JobRequest:
+    job_id: str
+    workflow: dict[str, Any]
+    tobase64: bool = False
+    bucket: BucketConfig | None = None
+    media: list[InputMedia] = field(default_factory=list)
+    timeout_s: float | None = None
+
+
+def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
+    if not isinstance(job, Mapping):
+        raise JobError("invalid_input", "the request body must be a JSON object")
+    job_id = str(job.get("id") or "local")
+    raw = job.get("input")
+    if not isinstance(raw, Mapping):
+        raise JobError("invalid_input", 'the job has no "input" object: send {"input": {...}}')
+    try:
+        bucket = resolve_bucket(raw.get("tobucket"), job.get("s3Config"), environ)
+    except StorageError as exc:
+        raise JobError("invalid_input", str(exc)) from None
+    return JobRequest(
+        job_id=job_id,
+        workflow=parse_workflow(raw.get("workflow")),
+        tobase64=_parse_bool(raw.get("tobase64", False), "input.tobase64"),
+        bucket=bucket,
+        media=_parse_media(raw.get("images"), raw.get("files")),
+        timeout_s=_parse_timeout(job.get("policy")),
+    )
+
+
+def parse_workflow(value: Any) -> dict[str, Any]:
+    """An API-format workflow: ``{node_id: {"class_type": ..., "inputs": {...}}}``."""
+    if value is None or value == "" or value == {}:
+        raise JobError("invalid_input", "input.workflow is missing or empty")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise JobError(
+                "invalid_input", f"input.workflow is a string but not valid JSON: {exc}"
+            ) from None
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        raise JobError("invalid_input", f"input.workflow must be an object, not {kind}")
+    if "nodes" in value and "links" in value:
+        raise JobError(
+            "invalid_input",
+            "input.workflow is a UI-format export (it has nodes/links); in ComfyUI use "
+            "Workflow > Export (API), or enable dev mode and use Save (API Format)",
+        )
+    for node_id, node in value.items():
+        if not isinstance(node, dict) or "class_type" not in node:
+            raise JobError(
+                "invalid_input",
+                f"input.workflow node {node_id!r} is not a node object with a class_type "
+                "(expected ComfyUI API format)",
+            )
+        if not isinstance(node.get("inputs", {}), dict):
+            raise JobError(
+                "invalid_input", f"input.workflow node {node_id!r}: inputs must be an object"
+            )
+    return value
+
+
+def safe_file_name(name: Any, where: str) -> str:
+    """A plain file name: no folders, no ``..``, no control characters."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise JobError(
+            "invalid_input",
+            f"{where}: {name!r} is not an allowed file name (letters, digits, '._- ', no "
+            "folders, at most 128 characters)",
+        )
+    return name
+
+
+def _parse_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise JobError("invalid_input", f"{where} must be true or false, not {value!r}")
+
+
+def _parse_media(images: Any, files: Any) -> list[InputMedia]:
+    media: list[InputMedia] = []
+    if images is not None:
+        if not isinstance(images, list):
+            raise JobError("invalid_input", 'input.images must be a list of {"name", "image"}')
+        for index, item in enumerate(images):
+            where = f"input.images[{index}]"
+            if not isinstance(item, Mapping) or not isinstance(item.get("image"), str):
+                raise JobError("invalid_input", f'{where} must be {{"name": ..., "image": ...}}')
+            media.append(InputMedia(safe_file_name(item.get("name"), where), item["image"]))
+    if files is not None:
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise JobError("invalid_input", "input.files must be a list of base64 strings")
+        media.extend(InputMedia(f"upload-{i}.png", data) for i, data in enumerate(files))
+    names = [m.name for m in media]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise JobError("invalid_input", f"input media names repeat: {', '.join(duplicates)}")
+    return media
+
+
+def _parse_timeout(policy: Any) -> float | None:
+    if policy is None:
+        return None
+    if not isinstance(policy, Mapping):
+        raise JobError("invalid_input", "policy must be an object")
+    value = policy.get("executionTimeout", policy.get("executiontimeout"))
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise JobError(
+            "invalid_input", f"policy.executionTimeout must be milliseconds, not {value!r}"
+        )
+    if not 0 < value <= MAX_TIMEOUT_MS:
+        raise JobError(
+            "invalid_input",
+            f"policy.executionTimeout must be between 1 and {MAX_TIMEOUT_MS} ms, not {value}",
+        )
+    return value / 1000.0

@@ -1,0 +1,153 @@
+"""Write a job's input media into its own input folder, where ``LoadImage`` finds it.
+
+Sources are base64, ``data:`` URIs or http(s) URLs. Everything is bounded: decoded size,
+image dimensions (a small PNG can claim 100k x 100k pixels), download time, and URLs may
+not reach private or loopback addresses unless the operator allows it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import ipaddress
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import JobError
+from .job import InputMedia
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 8192 * 8192
+    url_timeout_s: float = 30.0
+    #: Let URLs reach loopback/private addresses (tests, trusted networks only).
+    allow_private_urls: bool = False
+
+
+def materialize(media: Iterable[InputMedia], folder: Path, settings: MediaSettings) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for item in media:
+        data = _read(item, settings)
+        _check_image(item.name, data, settings)
+        path = folder / item.name
+        path.write_bytes(data)
+        written.append(path)
+    return written
+
+
+def _read(item: InputMedia, settings: MediaSettings) -> bytes:
+    source = item.source.strip()
+    if source.startswith(("http://", "https://")):
+        return _download(item.name, source, settings)
+    if source.startswith("data:"):
+        header, _, source = source.partition(",")
+        if ";base64" not in header:
+            raise JobError("invalid_input", f"input image {item.name}: data URI is not base64")
+    if len(source) * 3 // 4 > settings.max_bytes:
+        raise JobError(
+            "invalid_input", f"input image {item.name} is larger than {_mb(settings.max_bytes)}"
+        )
+    try:
+        return base64.b64decode("".join(source.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise JobError(
+            "invalid_input", f"input image {item.name} is not valid base64, a data URI or a URL"
+        ) from None
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Re-apply the address check to every redirect target."""
+
+    def __init__(self, name: str, settings: MediaSettings) -> None:
+        self.name, self.settings = name, settings
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        _check_address(self.name, newurl, self.settings)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _download(name: str, url: str, settings: MediaSettings) -> bytes:
+    _check_address(name, url, settings)
+    opener = urllib.request.build_opener(_CheckedRedirects(name, settings))
+    request = urllib.request.Request(url, headers={"User-Agent": "comfyui-runpod"})
+    try:
+        with opener.open(request, timeout=settings.url_timeout_s) as response:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > settings.max_bytes:
+                raise JobError(
+                    "invalid_input",
+                    f"input image {name} at {_host(url)} is {_mb(int(declared))}, "
+                    f"over the {_mb(settings.max_bytes)} limit",
+                )
+            data = response.read(settings.max_bytes + 1)
+    except JobError:
+        raise
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise JobError(
+            "invalid_input", f"input image {name}: could not download from {_host(url)}: {reason}"
+        ) from None
+    if len(data) > settings.max_bytes:
+        raise JobError(
+            "invalid_input",
+            f"input image {name} at {_host(url)} is over the {_mb(settings.max_bytes)} limit",
+        )
+    return data
+
+
+def _check_address(name: str, url: str, settings: MediaSettings) -> None:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise JobError("invalid_input", f"input image {name}: only http(s) URLs are allowed")
+    if settings.allow_private_urls:
+        return
+    try:
+        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise JobError(
+            "invalid_input", f"input image {name}: cannot resolve {parsed.hostname}: {exc}"
+        ) from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise JobError(
+                "invalid_input",
+                f"input image {name}: {parsed.hostname} resolves to a private or local address, "
+                "which job URLs may not reach",
+            )
+
+
+def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > settings.max_pixels:
+                raise JobError(
+                    "invalid_input",
+                    f"input image {name} is {width}x{height}, "
+                    f"over the {settings.max_pixels} pixel limit",
+                )
+            image.verify()
+    except JobError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        raise JobError("invalid_input", f"input image {name} is not a readable image") from None
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or "?"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"

@@ -1,0 +1,124 @@
+"""The one job pipeline: parse → execute → collect → deliver.
+
+The serverless handler, ``comfyui-runpod serve`` and ``comfyui-runpod run`` all call
+:meth:`Pipeline.run`; none of them talks to the executor or storage directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .context import JobContext
+from .delivery import DeliverySettings, deliver
+from .errors import JobError
+from .executor import Executor, Workspace
+from .executor.progress import ProgressCallback
+from .job import parse_job
+from .media import MediaSettings, materialize
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineSettings:
+    delivery: DeliverySettings
+    media: MediaSettings = field(default_factory=MediaSettings)
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+
+class Pipeline:
+    """Runs RunPod jobs against one :class:`Executor`."""
+
+    def __init__(self, executor: Executor, settings: PipelineSettings) -> None:
+        self.executor = executor
+        self.settings = settings
+
+    def run_sync(self, job: Any, **kwargs: Any) -> dict[str, Any]:
+        return asyncio.run(self.run(job, **kwargs))
+
+    async def run(
+        self,
+        job: Any,
+        *,
+        on_progress: ProgressCallback | None = None,
+        payload_limit: int | None = None,
+    ) -> dict[str, Any]:
+        """Run one job; the result is the contract's output, or ``{"error": ...}``.
+
+        Never raises for a bad job. Cancelling the awaiting task interrupts ComfyUI and
+        re-raises ``CancelledError`` (RunPod's per-job cancel).
+        """
+        started = time.perf_counter()
+        job_id = str(job.get("id", "?")) if isinstance(job, Mapping) else "?"
+        timings: dict[str, float] = {}
+        workspace: Workspace | None = None
+        try:
+            request = parse_job(job, self.settings.environ)
+            workspace = await asyncio.to_thread(self.executor.workspace, request.job_id)
+            mark = time.perf_counter()
+            await asyncio.to_thread(
+                materialize, request.media, workspace.input_dir, self.settings.media
+            )
+            timings["inputs_s"] = time.perf_counter() - mark
+            context = JobContext(request.job_id, request.bucket)
+            run = await self.executor.run_async(
+                request.workflow,
+                workspace,
+                on_progress=on_progress,
+                timeout_s=request.timeout_s,
+                context=context,
+            )
+            timings.update(run.timings)
+            if run.error is not None:
+                result = run.error.to_result()
+                if run.unhealthy:
+                    result["refresh_worker"] = True
+                return self._finish(job_id, result, timings, started)
+            mark = time.perf_counter()
+            delivered = await asyncio.to_thread(
+                deliver,
+                run.files,
+                context.uploads,
+                request,
+                self.settings.delivery,
+                workspace.output_dir,
+                payload_limit,
+            )
+            timings["deliver_s"] = time.perf_counter() - mark
+            result = {"files": delivered["files"], "datas": run.datas}
+            result["file_info"] = delivered["file_info"]
+            return self._finish(job_id, result, timings, started)
+        except JobError as exc:
+            return self._finish(job_id, exc.to_result(), timings, started)
+        except StorageError as exc:
+            error = JobError(exc.code, str(exc).removeprefix(f"{exc.code}: "))
+            return self._finish(job_id, error.to_result(), timings, started)
+        finally:
+            if workspace is not None:
+                await asyncio.to_thread(workspace.cleanup)
+
+    @staticmethod
+    def _finish(
+        job_id: str, result: dict[str, Any], timings: dict[str, float], started: float
+    ) -> dict[str, Any]:
+        timings["total_s"] = time.perf_counter() - started
+        result["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        phases = " ".join(f"{k[:-2]}={v:.3f}s" for k, v in timings.items())
+        if "error" in result:
+            log.info("job %s FAILED %s: %s", job_id, phases, result["error"])
+        else:
+            log.info("job %s COMPLETED %s files=%d", job_id, phases, len(result["files"]))
+        return result
+
+
+def default_local_dir() -> Path:
+    """Where files go with neither a bucket nor base64 (``COMFYUI_RUNPOD_OUTPUT``)."""
+    return Path(os.environ.get("COMFYUI_RUNPOD_OUTPUT", "runpod-output")).resolve()
