@@ -1,0 +1,40 @@
+# Set-up is part of `run` and `test`: a fresh machine needs only `make run` / `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+# torch and torchvision must be installed as a matching pair (see docs/development.md).
+ifeq ($(shell uname -m),aarch64)
+TORCH := torch==2.9.1 torchvision==0.24.1
+else
+TORCH := torch==2.14.1 torchvision==0.29.1
+endif
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): pyproject.toml requirements/comfyui-headless.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -r requirements/comfyui-headless.txt
+	$(BIN)/pip install --quiet -e '.[worker,test]'
+	$(BIN)/comfyui-runpod comfyui install
+	touch $@
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/comfyui-runpod run examples/invert.json --out runpod-output
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) runpod-output
