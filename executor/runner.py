@@ -305,9 +305,11 @@ class Executor:
         self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]
     ) -> JobError | list[str]:
         """ComfyUI's own validation; returns the output nodes to run, or the error."""
-        unknown = _unknown_node_types(prompt, comfy.nodes.NODE_CLASS_MAPPINGS)
-        if unknown:
-            return unknown
+        refused = _unknown_node_types(prompt, comfy.nodes.NODE_CLASS_MAPPINGS) or _escaping_files(
+            prompt, comfy.nodes.NODE_CLASS_MAPPINGS
+        )
+        if refused:
+            return refused
         replacer = getattr(comfy.server, "node_replace_manager", None)
         if replacer is not None:
             for node in prompt.values():
@@ -340,6 +342,45 @@ def _unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> 
         f"unknown node type in {listed}: install the custom nodes that provide "
         "them on the worker, or fix class_type",
         {"unknown_node_types": missing},
+    )
+
+
+def _escaping_files(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
+    """Refuse file inputs (``LoadImage.image`` & co) that point outside the job's inputs.
+
+    ComfyUI resolves ``../x``, absolute paths and ``x [output]`` annotations, which would let
+    one job read another job's inputs or outputs.
+    """
+    for node_id, node in prompt.items():
+        try:
+            spec = known[node["class_type"]].INPUT_TYPES()
+        except Exception:  # ComfyUI's validation reports broken nodes properly
+            continue
+        for group in ("required", "optional"):
+            for name, definition in (spec.get(group) or {}).items():
+                is_pair = isinstance(definition, (list, tuple)) and len(definition) > 1
+                options = definition[1] if is_pair else None
+                if not isinstance(options, dict) or not any(
+                    key == "upload" or key.endswith("_upload") for key in options
+                ):
+                    continue
+                value = node.get("inputs", {}).get(name)
+                if isinstance(value, str) and _outside_inputs(value):
+                    return JobError(
+                        "validation_failed",
+                        f"node {node_id} ({node['class_type']}): {name} {value!r} is outside "
+                        "the job's input files; use the plain name of a file sent in input.images",
+                    )
+    return None
+
+
+def _outside_inputs(name: str) -> bool:
+    path = name.replace("\\", "/")
+    return (
+        path.startswith("/")
+        or ".." in path.split("/")
+        or bool(re.search(r"\[(output|temp)\]\s*$", path))
+        or bool(re.match(r"^[A-Za-z]:", path))
     )
 
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: one real ComfyUI per test session (it is process-global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from comfyui_runpod.delivery import DeliverySettings
+from comfyui_runpod.executor import BootSettings, Executor
+from comfyui_runpod.media import MediaSettings
+from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+
+pytest_plugins = ["s3server"]
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
+    """The real ComfyUI 0.3.75 on CPU, with a test-only node pack (raising/slow nodes)."""
+    settings = BootSettings(
+        work_dir=tmp_path_factory.mktemp("comfy-work"),
+        cpu=True,
+        custom_node_dirs=(TESTS / "custom_nodes",),
+    )
+    ex = Executor(settings)
+    ex.start()
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(executor: Executor) -> str:
+    """A tiny random-weight SD1.5 checkpoint (built once, cached outside the repo)."""
+    from tinymodel import tiny_sd15_path
+
+    path = tiny_sd15_path()
+    executor.comfy.folder_paths.add_model_folder_path("checkpoints", str(path.parent))
+    return path.name
+
+
+@pytest.fixture
+def make_pipeline(executor: Executor, tmp_path: Path):
+    """Build a Pipeline on the shared executor; local outputs go to ``tmp_path/out``."""
+
+    def make(environ: dict[str, str] | None = None, **media: object) -> Pipeline:
+        settings = PipelineSettings(
+            delivery=DeliverySettings(local_dir=tmp_path / "out"),
+            media=MediaSettings(**{"allow_private_urls": True, **media}),
+            environ=environ or {},
+        )
+        return Pipeline(executor, settings)
+
+    return make

@@ -1,0 +1,260 @@
+"""The in-process executor on a real ComfyUI 0.3.75 (CPU): outputs, errors, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import workflows
+from comfyui_runpod.executor import Executor
+from PIL import Image
+
+
+def pixels(path: Path) -> set[tuple[int, int, int]]:
+    with Image.open(path) as image:
+        return {color for _, color in image.convert("RGB").getcolors(maxcolors=1 << 24)}
+
+
+def assert_still_works(executor: Executor) -> None:
+    """After any failure, the same executor must run a good job."""
+    result = executor.run(workflows.invert(0), executor.workspace("after-failure"))
+    assert result.error is None
+    assert pixels(result.files[0].path) == {(255, 255, 255)}
+
+
+def test_boot_reports_comfyui_and_loads_node_packs(executor: Executor) -> None:
+    comfy = executor.comfy
+    assert comfy.location.version == "0.3.75"
+    assert comfy.device == "cpu"
+    mappings = comfy.nodes.NODE_CLASS_MAPPINGS
+    assert "RunPodCaptureData" in mappings  # this pack
+    assert "TestSlowSteps" in mappings  # a pack from an extra custom_nodes folder
+    assert len(mappings) > 350
+
+
+def test_invert_saves_the_inverted_pixels(executor: Executor) -> None:
+    ws = executor.workspace("invert")
+    result = executor.run(workflows.invert(0x102030, size=16), ws)
+    assert result.error is None
+    [output] = result.files
+    assert (output.node_id, output.kind) == ("3", "images")
+    assert output.path.parent == ws.output_dir
+    assert pixels(output.path) == {(0xFF - 0x10, 0xFF - 0x20, 0xFF - 0x30)}
+    with Image.open(output.path) as image:
+        assert image.size == (16, 16)
+
+
+def test_batch_of_three_gives_three_files_in_order(executor: Executor) -> None:
+    result = executor.run(workflows.invert(0, batch=3), executor.workspace("batch"))
+    assert result.error is None
+    assert [f.filename for f in result.files] == [
+        "inv_00001_.png",
+        "inv_00002_.png",
+        "inv_00003_.png",
+    ]
+
+
+def test_preview_is_not_an_output_and_leaves_no_temp_file(executor: Executor) -> None:
+    prompt = workflows.invert(0)
+    prompt["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    result = executor.run(prompt, executor.workspace("preview"))
+    assert result.error is None
+    assert [f.node_id for f in result.files] == ["3"]
+    assert "4" not in result.datas
+    assert list(executor.comfy.temp_dir.rglob("*.png")) == []
+
+
+def test_two_output_nodes_and_datas_in_node_order(executor: Executor) -> None:
+    prompt = workflows.invert(0, prefix="first")
+    prompt["4"] = {
+        "class_type": "SaveImage",
+        "inputs": {"images": ["1", 0], "filename_prefix": "second"},
+    }
+    prompt["5"] = {"class_type": "RunPodCaptureData", "inputs": {"value": ["1", 0], "key": "img"}}
+    result = executor.run(prompt, executor.workspace("two-outputs"))
+    assert result.error is None
+    assert [(f.node_id, f.filename) for f in result.files] == [
+        ("3", "first_00001_.png"),
+        ("4", "second_00001_.png"),
+    ]
+    assert pixels(result.files[1].path) == {(0, 0, 0)}
+    assert result.datas == {
+        "5": {"img": [{"type": "Tensor", "shape": [1, 8, 8, 3], "dtype": "torch.float32"}]}
+    }
+
+
+def test_load_image_reads_the_job_input(executor: Executor) -> None:
+    ws = executor.workspace("load")
+    Image.new("RGB", (4, 4), (12, 34, 56)).save(ws.input_dir / "in.png")
+    result = executor.run(workflows.load_and_save("in.png"), ws)
+    assert result.error is None
+    assert pixels(result.files[0].path) == {(12, 34, 56)}
+
+
+def test_identical_resubmission_still_returns_files(executor: Executor) -> None:
+    first = executor.run(workflows.invert(7), executor.workspace("same-1"))
+    second = executor.run(workflows.invert(7), executor.workspace("same-2"))
+    assert first.error is None and second.error is None
+    assert len(second.files) == 1 and second.files[0].path.is_file()
+    assert second.files[0].path != first.files[0].path
+
+
+def test_jobs_are_isolated_and_cleanup_leaves_nothing(executor: Executor) -> None:
+    spaces = [executor.workspace("iso-a"), executor.workspace("iso-b")]
+    colors = [(255, 0, 0), (0, 0, 255)]
+    results = []
+    for ws, color in zip(spaces, colors, strict=True):
+        Image.new("RGB", (4, 4), color).save(ws.input_dir / "same.png")
+        results.append(executor.run(workflows.load_and_save("same.png", prefix="same"), ws))
+    for result, ws, color in zip(results, spaces, colors, strict=True):
+        assert result.error is None
+        assert result.files[0].path.parent == ws.output_dir
+        assert pixels(result.files[0].path) == {color}
+
+    # A job cannot reach another job's input by name.
+    thief = executor.workspace("iso-thief")
+    stolen = executor.run(workflows.load_and_save("../iso-a/same.png"), thief)
+    assert stolen.error is not None and stolen.error.code == "validation_failed"
+    assert executor.run(workflows.load_and_save("same.png"), thief).error is not None
+
+    for ws in [*spaces, thief]:
+        ws.cleanup()
+        assert not ws.input_dir.exists() and not ws.output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["2"].update(class_type="NoSuchNode"), "node 2 ('NoSuchNode')"),
+        (lambda p: p["1"]["inputs"].pop("width"), "node 1 (EmptyImage): Required input is missing"),
+        (
+            lambda p: p["1"]["inputs"].update(width=-5),
+            "node 1 (EmptyImage): Value -5 smaller than min of 1",
+        ),
+        (lambda p: p["2"]["inputs"].update(image=["99", 0]), "node 2 (ImageInvert)"),
+        (lambda p: p["2"]["inputs"].update(image=["1", 7]), "node 2 (ImageInvert)"),
+    ],
+    ids=["unknown-class", "missing-input", "out-of-range", "missing-link", "bad-output-index"],
+)
+def test_validation_errors_name_the_node(executor: Executor, mutate, expected: str) -> None:
+    prompt = workflows.invert(0)
+    mutate(prompt)
+    result = executor.run(prompt, executor.workspace("invalid"))
+    assert result.error is not None
+    assert result.error.code == "validation_failed"
+    assert expected in result.error.message
+    assert result.files == []
+    assert_still_works(executor)
+
+
+def test_no_output_node_is_a_validation_error(executor: Executor) -> None:
+    prompt = workflows.invert(0)
+    del prompt["3"]
+    result = executor.run(prompt, executor.workspace("no-output"))
+    assert result.error is not None and result.error.code == "validation_failed"
+    assert "no outputs" in result.error.message.lower()
+
+
+def test_node_exception_is_reported_and_worker_continues(executor: Executor) -> None:
+    prompt = workflows.invert(0)
+    prompt["2"] = {"class_type": "TestRaise", "inputs": {"image": ["1", 0], "message": "kaput"}}
+    result = executor.run(prompt, executor.workspace("raise"))
+    assert result.error is not None
+    assert result.error.code == "execution_failed"
+    assert result.error.message == "node 2 (TestRaise) raised ValueError: kaput"
+    assert result.error.detail["node_id"] == "2"
+    assert not result.unhealthy
+    assert_still_works(executor)
+
+
+def test_out_of_memory_is_reported_and_worker_continues(executor: Executor) -> None:
+    prompt = workflows.invert(0)
+    prompt["2"] = {"class_type": "TestOutOfMemory", "inputs": {"image": ["1", 0]}}
+    result = executor.run(prompt, executor.workspace("oom"))
+    assert result.error is not None and result.error.code == "out_of_memory"
+    assert "node 2 (TestOutOfMemory)" in result.error.message
+    assert_still_works(executor)
+
+
+def test_cancel_interrupts_a_running_prompt(executor: Executor) -> None:
+    started = threading.Event()
+
+    def on_progress(event: dict) -> None:
+        if event["event"] == "step":
+            started.set()
+
+    handle = executor.submit(
+        workflows.slow(steps=200, delay=0.05), executor.workspace("cancel"), on_progress=on_progress
+    )
+    assert started.wait(10)
+    began = time.perf_counter()
+    handle.cancel()
+    result = handle.future.result(timeout=10)
+    assert time.perf_counter() - began < 2  # not the remaining ~10 s
+    assert result.error is not None and result.error.code == "cancelled"
+    assert "node 2 (TestSlowSteps)" in result.error.message
+    assert_still_works(executor)
+
+
+def test_deadline_stops_the_prompt_with_timeout(executor: Executor) -> None:
+    began = time.perf_counter()
+    result = executor.run(
+        workflows.slow(steps=200, delay=0.05), executor.workspace("deadline"), timeout_s=0.5
+    )
+    assert time.perf_counter() - began < 3
+    assert result.error is not None and result.error.code == "timeout"
+    assert result.error.message.startswith("execution exceeded 0.5s")
+    assert_still_works(executor)
+
+
+def test_cancel_before_start_never_runs(executor: Executor) -> None:
+    blocker = executor.submit(workflows.slow(steps=10, delay=0.02), executor.workspace("blocker"))
+    queued = executor.submit(workflows.invert(0), executor.workspace("queued"))
+    queued.cancel()
+    assert blocker.future.result(timeout=10).error is None
+    result = queued.future.result(timeout=10)
+    assert result.error is not None and result.error.code == "cancelled"
+    assert result.files == []
+
+
+def test_async_caller_cancel_interrupts_comfyui(executor: Executor) -> None:
+    async def scenario() -> None:
+        task = asyncio.create_task(
+            executor.run_async(workflows.slow(steps=200, delay=0.05), executor.workspace("acancel"))
+        )
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    began = time.perf_counter()
+    asyncio.run(scenario())
+    assert time.perf_counter() - began < 3
+    assert_still_works(executor)
+
+
+def test_progress_events_follow_the_run(executor: Executor) -> None:
+    events: list[dict] = []
+    result = executor.run(
+        workflows.slow(steps=3, delay=0), executor.workspace("progress"), on_progress=events.append
+    )
+    assert result.error is None
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    nodes = [(e["node"], e["class"]) for e in events if e["event"] == "node"]
+    assert ("2", "TestSlowSteps") in nodes and ("3", "SaveImage") in nodes
+    steps = [(e["step"], e["max"]) for e in events if e["event"] == "step"]
+    assert steps == [(1, 3), (2, 3), (3, 3)]
+    assert events[-1]["percent"] == 100.0
+
+
+@pytest.mark.parametrize(
+    "name", ["../iso-x/same.png", "/etc/hostname", "same_00001_.png [output]", "x.png [temp]"]
+)
+def test_file_inputs_cannot_leave_the_job_inputs(executor: Executor, name: str) -> None:
+    result = executor.run(workflows.load_and_save(name), executor.workspace("escape"))
+    assert result.error is not None and result.error.code == "validation_failed"
+    assert "outside the job's input files" in result.error.message
