@@ -141,7 +141,11 @@ def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
             image.verify()
     except JobError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        raise JobError(
+            "invalid_input", f"input image {name} is over the {settings.max_pixels} pixel limit"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise JobError("invalid_input", f"input image {name} is not a readable image") from None
 
 

@@ -36,9 +36,13 @@ _UNHEALTHY_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDN
 
 @dataclass
 class Workspace:
-    """A job's own folders: its inputs (``LoadImage`` sees only these) and its outputs."""
+    """A run's own folders: its inputs (``LoadImage`` sees only these) and its outputs.
 
-    job_id: str
+    ``name`` is unique per run, not per job: a retried job id must not find the previous
+    run's cached save nodes (their files are gone) or overwrite its files.
+    """
+
+    name: str
     input_dir: Path
     output_dir: Path
 
@@ -136,8 +140,8 @@ class Executor:
     def workspace(self, job_id: str) -> Workspace:
         """Create the job's folders; ``cleanup`` removes them."""
         comfy = self.start()
-        safe = _UNSAFE.sub("_", job_id).strip("._") or uuid.uuid4().hex
-        ws = Workspace(safe, comfy.input_root / safe, comfy.output_dir / safe)
+        name = f"{_UNSAFE.sub('_', job_id).strip('._')[:64]}-{uuid.uuid4().hex[:8]}"
+        ws = Workspace(name, comfy.input_root / name, comfy.output_dir / name)
         ws.input_dir.mkdir(parents=True, exist_ok=True)
         return ws
 
@@ -255,7 +259,7 @@ class Executor:
                 comfy.nodes.interrupt_processing(True)  # execute() cleared an earlier interrupt
             tracker.on_event(event, data)
 
-        _isolate_outputs(prompt, ws.job_id)
+        _isolate_outputs(prompt, ws.name)
         comfy.folder_paths.set_input_directory(str(ws.input_dir))
         comfy.server.listener, self._tracker = listener, tracker
         if handle.timeout_s is not None:
@@ -394,18 +398,18 @@ def _extra_data(prompt_id: str) -> dict[str, Any]:
     return extra
 
 
-def _isolate_outputs(prompt: dict[str, Any], job_id: str) -> None:
-    """Prefix every ``filename_prefix`` with the job id: files land in the job's folder.
+def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
+    """Prefix every ``filename_prefix`` with the run's folder: files land in its workspace.
 
-    It also changes the save nodes' inputs, so an identical re-submitted workflow still
-    re-runs its save nodes (and returns files) while everything upstream stays cached.
+    It also changes the save nodes' inputs, so an identical re-submitted workflow (even under
+    the same job id) re-runs its save nodes and returns files, while upstream stays cached.
     """
     for node in prompt.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
             parts = inputs["filename_prefix"].replace("\\", "/").split("/")
             kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
-            inputs["filename_prefix"] = "/".join([job_id, *kept])
+            inputs["filename_prefix"] = "/".join([folder, *kept])
 
 
 def _validation_error(

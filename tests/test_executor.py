@@ -116,7 +116,7 @@ def test_jobs_are_isolated_and_cleanup_leaves_nothing(executor: Executor) -> Non
 
     # A job cannot reach another job's input by name.
     thief = executor.workspace("iso-thief")
-    stolen = executor.run(workflows.load_and_save("../iso-a/same.png"), thief)
+    stolen = executor.run(workflows.load_and_save(f"../{spaces[0].name}/same.png"), thief)
     assert stolen.error is not None and stolen.error.code == "validation_failed"
     assert executor.run(workflows.load_and_save("same.png"), thief).error is not None
 

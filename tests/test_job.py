@@ -1,0 +1,115 @@
+"""Parsing the job contract: every bad input gets an invalid_input error naming the culprit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import workflows
+from comfyui_runpod.errors import JobError
+from comfyui_runpod.job import parse_job
+from s3server import TEST_ACCESS_SECRET, bucket_contract
+
+WF = workflows.invert(0)
+
+
+def job(**input_fields: object) -> dict:
+    return {"id": "j1", "input": {"workflow": WF, **input_fields}}
+
+
+def error_of(payload: object) -> str:
+    with pytest.raises(JobError) as caught:
+        parse_job(payload, {})
+    assert caught.value.code == "invalid_input"
+    return caught.value.line
+
+
+def test_workflow_as_object_or_json_string() -> None:
+    assert parse_job(job(), {}).workflow == WF
+    assert parse_job(job(workflow=json.dumps(WF)), {}).workflow == WF
+
+
+@pytest.mark.parametrize(
+    ("payload", "culprit"),
+    [
+        ("not an object", "JSON object"),
+        ({"id": "x"}, '"input"'),
+        ({"input": "text"}, '"input"'),
+        (job(workflow=None), "input.workflow is missing"),
+        (job(workflow={}), "input.workflow is missing"),
+        (job(workflow=[1, 2]), "not list"),
+        (job(workflow=42), "not int"),
+        (job(workflow="{not json"), "not valid JSON"),
+        (job(workflow={"nodes": [], "links": []}), "Export (API)"),
+        (job(workflow={"1": {"inputs": {}}}), "node '1'"),
+        (job(workflow={"1": {"class_type": "X", "inputs": []}}), "inputs must be an object"),
+        (job(tobase64="maybe"), "input.tobase64"),
+        (job(tobase64=3), "input.tobase64"),
+        (job(images="x"), "input.images"),
+        (job(images=[{"name": "a.png"}]), "input.images[0]"),
+        (job(images=[{"name": "../a.png", "image": "AA=="}]), "'../a.png'"),
+        (job(images=[{"name": "/etc/passwd", "image": "AA=="}]), "'/etc/passwd'"),
+        (job(images=[{"name": "a\x00.png", "image": "AA=="}]), "not an allowed file name"),
+        (job(images=[{"name": "a/b.png", "image": "AA=="}]), "'a/b.png'"),
+        (
+            job(images=[{"name": "a.png", "image": "AA=="}, {"name": "a.png", "image": "AA=="}]),
+            "repeat: a.png",
+        ),
+        (job(files="x"), "input.files"),
+        (job(files=[1]), "input.files"),
+        (job(tobucket="s3://x"), "input.tobucket"),
+        (job(tobucket={"endpointUrl": "http://127.0.0.1:1"}), "input.tobucket"),
+        ({**job(), "s3Config": []}, "s3Config"),
+        ({**job(), "policy": "fast"}, "policy must be an object"),
+        ({**job(), "policy": {"executionTimeout": -1}}, "between 1 and"),
+        ({**job(), "policy": {"executionTimeout": 10**12}}, "between 1 and"),
+        ({**job(), "policy": {"executionTimeout": "5s"}}, "milliseconds"),
+        ({**job(), "policy": {"executionTimeout": True}}, "milliseconds"),
+    ],
+)
+def test_bad_input_names_the_culprit(payload: object, culprit: str) -> None:
+    line = error_of(payload)
+    assert line.startswith("invalid_input: ")
+    assert culprit in line
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, True), ("true", True), ("0", False)])
+def test_tobase64_accepts_boolish(value: object, expected: bool) -> None:
+    assert parse_job(job(tobase64=value), {}).tobase64 is expected
+
+
+def test_policy_timeout_in_milliseconds_either_spelling() -> None:
+    assert parse_job({**job(), "policy": {"executionTimeout": 5000}}, {}).timeout_s == 5.0
+    assert parse_job({**job(), "policy": {"executiontimeout": 1500}}, {}).timeout_s == 1.5
+    assert parse_job({**job(), "policy": {"ttl": 60000}}, {}).timeout_s is None
+
+
+def test_media_from_images_and_original_files_list() -> None:
+    request = parse_job(job(images=[{"name": "in.png", "image": "AA=="}], files=["BB=="]), {})
+    assert [(m.name, m.source) for m in request.media] == [
+        ("in.png", "AA=="),
+        ("upload-0.png", "BB=="),
+    ]
+
+
+def test_bucket_precedence_through_the_parser() -> None:
+    tobucket = bucket_contract("http://127.0.0.1:9", "from-input")
+    s3config = bucket_contract("http://127.0.0.1:9", "from-request")
+    env = {
+        "BUCKET_ENDPOINT_URL": "http://127.0.0.1:9",
+        "BUCKET_ACCESS_KEY_ID": "id",
+        "BUCKET_SECRET_ACCESS_KEY": "secret",
+        "BUCKET_NAME": "from-env",
+    }
+    both = {**job(tobucket=tobucket), "s3Config": s3config}
+    assert parse_job(both, env).bucket.bucket_name == "from-input"
+    assert parse_job({**job(), "s3Config": s3config}, env).bucket.bucket_name == "from-request"
+    assert parse_job(job(), env).bucket.bucket_name == "from-env"
+    assert parse_job(job(), {}).bucket is None
+
+
+def test_config_errors_never_echo_secrets() -> None:
+    bad = bucket_contract("not-a-url", "b")
+    line = error_of(job(tobucket=bad))
+    assert TEST_ACCESS_SECRET not in line
