@@ -79,6 +79,76 @@ def _parser() -> argparse.ArgumentParser:
     _add_boot_options(worker)
     worker.set_defaults(func=_cmd_worker)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve the hosted RunPod API (run, runsync, status, cancel, ...) on this machine",
+        description="A local endpoint that speaks the hosted RunPod serverless API under "
+        "http://HOST:PORT/v2/ENDPOINT_ID/ (runpod.Endpoint works with "
+        "RUNPOD_ENDPOINT_BASE_URL=http://HOST:PORT/v2). Jobs run one at a time, first in "
+        "first out, through the same pipeline as the serverless worker. Ctrl-C or SIGTERM "
+        "interrupts the running job and stops.",
+    )
+    serve.add_argument(
+        "--host",
+        default=os.environ.get("COMFYUI_RUNPOD_HOST", "127.0.0.1"),
+        help="address to bind (env COMFYUI_RUNPOD_HOST; default: %(default)s, this machine "
+        "only; use 0.0.0.0 with --api-key to accept other machines)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("COMFYUI_RUNPOD_PORT", "8000")),
+        help="TCP port (env COMFYUI_RUNPOD_PORT; default: %(default)s; 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--endpoint-id",
+        default="local",
+        help="the ENDPOINT_ID in /v2/ENDPOINT_ID/... (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("COMFYUI_RUNPOD_API_KEY") or None,
+        help="require 'Authorization: Bearer KEY' on every request (env "
+        "COMFYUI_RUNPOD_API_KEY, preferred: flags show in the process list; default: none)",
+    )
+    serve.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for output files when a job has neither a bucket nor tobase64; they "
+        "are served as URLs and deleted with their job (env COMFYUI_RUNPOD_OUTPUT; "
+        "default: ./runpod-output)",
+    )
+    serve.add_argument(
+        "--public-url",
+        help="base of output file URLs, e.g. http://my-host:8000, when clients reach the "
+        "server under another name (default: the address each request came to)",
+    )
+    serve.add_argument(
+        "--retention",
+        type=float,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long a finished job's status and output files stay available "
+        "(default: %(default)g; policy.ttl, counted from submission, may end it sooner)",
+    )
+    serve.add_argument(
+        "--webhook-retry-delay",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="pause between the 3 tries of a webhook POST (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--webhook-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="timeout of each webhook try (default: %(default)g)",
+    )
+    _add_boot_options(serve)
+    serve.set_defaults(func=_cmd_serve)
+
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
     sub = comfyui.add_subparsers(dest="action", required=True)
     install = sub.add_parser("install", help="provision a pinned ComfyUI (git tag, or PyPI)")
@@ -182,11 +252,39 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     from . import handler
     from .pipeline import default_local_dir
 
+    # The SDK logs whole jobs (and their S3 keys) at its default DEBUG level.
+    if not {"RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"} & os.environ.keys():
+        os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
     pipeline = _pipeline(args, default_local_dir())
     if args.warmup:
         handler.warm_up(pipeline, Path(args.warmup))
     sys.argv = [sys.argv[0], *rest]  # runpod parses its own --rp_* / --test_input flags
     handler.start(pipeline)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
+    from .endpoint import ServeSettings, serve
+    from .pipeline import default_local_dir
+
+    try:
+        settings = ServeSettings(
+            host=args.host,
+            port=args.port,
+            endpoint_id=args.endpoint_id,
+            api_key=args.api_key,
+            public_url=args.public_url,
+            retention_s=args.retention,
+            webhook_retry_delay_s=args.webhook_retry_delay,
+            webhook_timeout_s=args.webhook_timeout,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"comfyui-runpod serve: {exc}") from None
+    pipeline = _pipeline(args, args.out.resolve() if args.out else default_local_dir())
+    try:
+        serve(pipeline, settings)
+    finally:
+        pipeline.executor.close()
     return 0
 
 

@@ -1,0 +1,7 @@
+"""``python -m comfyui_runpod`` — the same as the ``comfyui-runpod`` console script."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
