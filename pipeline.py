@@ -62,12 +62,13 @@ class Pipeline:
         workspace: Workspace | None = None
         try:
             request = parse_job(job, self.settings.environ)
-            workspace = await asyncio.to_thread(self.executor.workspace, request.job_id)
-            mark = time.perf_counter()
-            await asyncio.to_thread(
-                materialize, request.media, workspace.input_dir, self.settings.media
-            )
-            timings["inputs_s"] = time.perf_counter() - mark
+            workspace = self.executor.workspace(request.job_id)  # two mkdirs: no thread hop
+            if request.media:
+                mark = time.perf_counter()
+                await asyncio.to_thread(
+                    materialize, request.media, workspace.input_dir, self.settings.media
+                )
+                timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket)
             run = await self.executor.run_async(
                 request.workflow,
@@ -83,15 +84,12 @@ class Pipeline:
                     result["refresh_worker"] = True
                 return self._finish(job_id, result, timings, started)
             mark = time.perf_counter()
-            delivered = await asyncio.to_thread(
-                deliver,
-                run.files,
-                context.uploads,
-                request,
-                self.settings.delivery,
-                workspace.output_dir,
-                payload_limit,
-            )
+            args = (run.files, context.uploads, request, self.settings.delivery)
+            args += (workspace.output_dir, payload_limit)
+            if request.bucket is not None or request.tobase64:
+                delivered = await asyncio.to_thread(deliver, *args)  # network or big encodes
+            else:
+                delivered = deliver(*args)  # a few renames
             timings["deliver_s"] = time.perf_counter() - mark
             result = {"files": delivered["files"], "datas": run.datas}
             result["file_info"] = delivered["file_info"]
@@ -103,7 +101,7 @@ class Pipeline:
             return self._finish(job_id, error.to_result(), timings, started)
         finally:
             if workspace is not None:
-                await asyncio.to_thread(workspace.cleanup)
+                workspace.cleanup()
 
     @staticmethod
     def _finish(

@@ -54,7 +54,10 @@ class Comfy:
     model_management: ModuleType
     output_dir: Path
     temp_dir: Path
-    input_root: Path
+    #: ComfyUI's input folder between jobs and for jobs without input media: always empty.
+    empty_input: Path
+    #: Parent of the per-job input folders.
+    job_inputs: Path
     failed_custom_nodes: list[str]
 
 
@@ -127,7 +130,7 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
     import utils.extra_config  # before `nodes`: it puts comfy/ first on sys.path
 
     work = settings.work_dir.resolve()
-    dirs = {name: work / name for name in ("output", "temp", "input", "user")}
+    dirs = {name: work / name for name in ("output", "temp", "input", "job-inputs", "user")}
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     folder_paths.set_output_directory(str(dirs["output"]))
@@ -172,7 +175,8 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         model_management=model_management,
         output_dir=dirs["output"],
         temp_dir=dirs["temp"],
-        input_root=dirs["input"],
+        empty_input=dirs["input"],
+        job_inputs=dirs["job-inputs"],
         failed_custom_nodes=failed,
     )
 

@@ -138,12 +138,11 @@ class Executor:
     # -- jobs ------------------------------------------------------------------------------
 
     def workspace(self, job_id: str) -> Workspace:
-        """Create the job's folders; ``cleanup`` removes them."""
+        """Name the run's folders; whoever writes inputs creates ``input_dir``."""
         comfy = self.start()
         name = f"{_UNSAFE.sub('_', job_id).strip('._')[:64]}-{uuid.uuid4().hex[:8]}"
-        ws = Workspace(name, comfy.input_root / name, comfy.output_dir / name)
-        ws.input_dir.mkdir(parents=True, exist_ok=True)
-        return ws
+        # Nothing is created here: most jobs bring no input files and need no folder.
+        return Workspace(name, comfy.job_inputs / name, comfy.output_dir / name)
 
     def submit(
         self,
@@ -260,7 +259,8 @@ class Executor:
             tracker.on_event(event, data)
 
         _isolate_outputs(prompt, ws.name)
-        comfy.folder_paths.set_input_directory(str(ws.input_dir))
+        inputs = ws.input_dir if ws.input_dir.is_dir() else comfy.empty_input
+        comfy.folder_paths.set_input_directory(str(inputs))
         comfy.server.listener, self._tracker = listener, tracker
         if handle.timeout_s is not None:
             handle._timer = threading.Timer(max(handle.timeout_s, 0.0), handle._expire)
@@ -302,7 +302,7 @@ class Executor:
                 handle._timer.cancel()
             comfy.nodes.interrupt_processing(False)
             comfy.server.listener, self._tracker = None, None
-            comfy.folder_paths.set_input_directory(str(comfy.input_root))
+            comfy.folder_paths.set_input_directory(str(comfy.empty_input))
             _remove_temp_files(self._prompt_executor, comfy)
 
     async def _validate(

@@ -88,6 +88,7 @@ def test_two_output_nodes_and_datas_in_node_order(executor: Executor) -> None:
 
 def test_load_image_reads_the_job_input(executor: Executor) -> None:
     ws = executor.workspace("load")
+    ws.input_dir.mkdir()
     Image.new("RGB", (4, 4), (12, 34, 56)).save(ws.input_dir / "in.png")
     result = executor.run(workflows.load_and_save("in.png"), ws)
     assert result.error is None
@@ -107,6 +108,7 @@ def test_jobs_are_isolated_and_cleanup_leaves_nothing(executor: Executor) -> Non
     colors = [(255, 0, 0), (0, 0, 255)]
     results = []
     for ws, color in zip(spaces, colors, strict=True):
+        ws.input_dir.mkdir()
         Image.new("RGB", (4, 4), color).save(ws.input_dir / "same.png")
         results.append(executor.run(workflows.load_and_save("same.png", prefix="same"), ws))
     for result, ws, color in zip(results, spaces, colors, strict=True):
