@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 class JobContext:
     job_id: str
     bucket: BucketConfig | None = None
+    #: The job's own output folder: the only place S3 Upload may read ``file_path`` from.
+    output_dir: Path | None = None
     #: Files that nodes uploaded themselves (S3 Upload); they join the job's ``files``.
     uploads: list[UploadedFile] = field(default_factory=list)
 

@@ -69,7 +69,7 @@ class Pipeline:
                     materialize, request.media, workspace.input_dir, self.settings.media
                 )
                 timings["inputs_s"] = time.perf_counter() - mark
-            context = JobContext(request.job_id, request.bucket)
+            context = JobContext(request.job_id, request.bucket, workspace.output_dir)
             run = await self.executor.run_async(
                 request.workflow,
                 workspace,
