@@ -35,6 +35,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/delivery.py
 
 clean:
 	rm -rf $(VENV) runpod-output
