@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements/comfyui-headless.txt
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/comfyui-runpod run examples/invert.json --out runpod-output
+	$(BIN)/comfyui-runpod serve --host $(HOST) --port $(PORT)
 
 test: setup
 	$(BIN)/ruff check .

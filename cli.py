@@ -116,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="folder for output files when a job has neither a bucket nor tobase64; they "
-        "are served as URLs and deleted with their job (env COMFYUI_RUNPOD_OUTPUT; "
-        "default: ./runpod-output)",
+        "are served as URLs and deleted when their job expires or the server stops (env "
+        "COMFYUI_RUNPOD_OUTPUT; default: ./runpod-output)",
     )
     serve.add_argument(
         "--public-url",

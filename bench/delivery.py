@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from comfyui_runpod.delivery import DeliverySettings
 from comfyui_runpod.storage import BucketConfig, upload_files
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=2.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latency-ms", type=float, default=80.0)
+    parser.add_argument("--workers", type=int, default=DeliverySettings.upload_workers)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
 
@@ -70,7 +72,7 @@ def main() -> None:
         slow = BucketConfig(proxy.endpoint_url, "bench-id", "bench-secret", "bench")
         setups = {"loopback": cfg, f"+{args.latency_ms:g} ms per PUT (modelled)": slow}
         for label, target in setups.items():
-            for workers in (1, 8):
+            for workers in (1, args.workers):
                 runs = []
                 for repeat in range(args.repeats):
                     began = time.perf_counter()

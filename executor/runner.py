@@ -129,8 +129,9 @@ class Executor:
         if self._thread is None:
             return
         with self._lock:
-            if self._current is not None:
-                self._current.cancel()
+            current = self._current
+        if current is not None:
+            current.cancel()  # takes the lock itself
         self._queue.put(None)
         self._thread.join(timeout=60)
         self._thread = None

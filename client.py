@@ -1,0 +1,132 @@
+"""The project's one RunPod API client (aiohttp): submit, poll, cancel, fetch results.
+
+Speaks the hosted API (``https://api.runpod.ai/v2/<endpoint>/...``) and therefore also
+``comfyui-runpod serve``: the base URL comes from ``RUNPOD_ENDPOINT_BASE_URL`` like the
+official SDK's. FAILED jobs keep their error text (the SDK's ``output()`` drops it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
+FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+
+StatusCallback = Callable[[dict[str, Any]], None]
+
+
+class RunPodError(RuntimeError):
+    """The API refused a request, or a job ended in a state other than COMPLETED."""
+
+    def __init__(self, message: str, status: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status or {}
+
+
+class RunPodClient:
+    def __init__(
+        self,
+        endpoint_id: str,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        request_timeout_s: float = 30.0,
+    ) -> None:
+        if not endpoint_id or "/" in endpoint_id:
+            raise ValueError(f"invalid endpoint id {endpoint_id!r}")
+        base = base_url or os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or DEFAULT_BASE_URL
+        self.url = f"{base.rstrip('/')}/{endpoint_id}"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RunPodClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def run(self, job_input: dict[str, Any], **extra: Any) -> str:
+        """``POST /run``; returns the job id. ``extra``: ``webhook``, ``policy``, ``s3Config``."""
+        answer = await self._call("POST", "run", {"input": job_input, **extra})
+        if "id" not in answer:
+            raise RunPodError(f"{self.url}/run answered without a job id: {answer}")
+        return str(answer["id"])
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        return await self._call("GET", f"status/{job_id}")
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._call("POST", f"cancel/{job_id}")
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float,
+        on_status: StatusCallback | None = None,
+        first_poll_s: float = 0.2,
+        max_poll_s: float = 2.0,
+    ) -> dict[str, Any]:
+        """Poll ``status`` with backoff until the job ends; COMPLETED returns its status."""
+        deadline = time.monotonic() + timeout_s
+        delay = first_poll_s
+        while True:
+            status = await self.status(job_id)
+            if on_status is not None:
+                on_status(status)
+            state = status.get("status")
+            if state == "COMPLETED":
+                return status
+            if state in FINAL:
+                error = status.get("error") or (status.get("output") or {}).get("error")
+                raise RunPodError(f"job {job_id} {state}: {error or 'no error text'}", status)
+            if time.monotonic() + delay > deadline:
+                raise RunPodError(f"job {job_id} still {state} after {timeout_s:g}s", status)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, max_poll_s)
+
+    async def fetch(self, url: str) -> bytes:
+        """Download a result file (a bucket URL, or a file URL ``serve`` hands out)."""
+        session = self._require_session()
+        # Bucket URLs are presigned: our Authorization header must not go to the bucket.
+        headers = self._headers if url.startswith(self.url) else {}
+        async with session.get(url, headers=headers) as response:
+            if response.status != 200:
+                raise RunPodError(f"could not fetch a result file: HTTP {response.status}")
+            return await response.read()
+
+    async def _call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        session = self._require_session()
+        url = f"{self.url}/{path}"
+        try:
+            async with session.request(method, url, json=body, headers=self._headers) as response:
+                text = await response.text()
+                if response.status == 401:
+                    raise RunPodError(
+                        f"{url}: 401 unauthorized — set RUNPOD_API_KEY (or runpod_api_key in "
+                        "the user config file) to a key for this endpoint"
+                    )
+                if response.status >= 400:
+                    raise RunPodError(f"{url}: HTTP {response.status}: {text[:300]}")
+                try:
+                    answer = await response.json(content_type=None)
+                except ValueError:
+                    raise RunPodError(f"{url}: not JSON: {text[:300]}") from None
+        except aiohttp.ClientError as exc:
+            raise RunPodError(f"{url}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(answer, dict):
+            raise RunPodError(f"{url}: expected a JSON object, got {text[:300]}")
+        return answer
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use RunPodClient as `async with RunPodClient(...) as client`")
+        return self._session

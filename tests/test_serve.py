@@ -1,0 +1,596 @@
+"""``comfyui-runpod serve`` over real loopback HTTP: the official runpod client, raw curl
+shapes, a moto S3 server and a webhook receiver. One ComfyUI for the whole session (the
+``executor`` fixture); each test starts its own server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import workflows
+from comfyui_runpod.cli import main
+from comfyui_runpod.endpoint import Server, ServeSettings, make_app
+from comfyui_runpod.pipeline import Pipeline
+from PIL import Image
+from s3server import TEST_ACCESS_SECRET, bucket_contract
+
+MiB = 1024 * 1024
+
+
+# -- a server on a background thread ---------------------------------------------------------
+
+
+@dataclass
+class Running:
+    settings: ServeSettings
+    pipeline: Pipeline
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    server: Server
+    url: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.url}/v2/{self.settings.endpoint_id}"
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        return http(method, f"{self.base}/{path}", body, **kwargs)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        code, body = self.call("GET", f"status/{job_id}")
+        assert code == 200, body
+        return body
+
+    def wait(self, job_id: str, *states: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Poll ``status`` until the job is in one of ``states``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.status(job_id)
+            if body["status"] in states:
+                return body
+            assert time.monotonic() < deadline, f"still {body['status']}, wanted {states}"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+@pytest.fixture
+def serve(make_pipeline) -> Iterator[Callable[..., Running]]:
+    """Start a server (``ServeSettings`` overrides as keywords); stopped after the test."""
+    started: list[Running] = []
+
+    def start(**overrides: Any) -> Running:
+        fast = {"webhook_retry_delay_s": 0.1, "sweep_interval_s": 0.05}
+        settings = ServeSettings(host="127.0.0.1", port=0, **{**fast, **overrides})
+        pipeline = make_pipeline()
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="serve-test", daemon=True)
+        thread.start()
+
+        async def boot() -> tuple[Server, str]:
+            server = Server(make_app(pipeline, settings), settings.host, settings.port)
+            return server, await server.start()
+
+        server, url = asyncio.run_coroutine_threadsafe(boot(), loop).result(10)
+        running = Running(settings, pipeline, loop, thread, server, url)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    raw: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[int, Any]:
+    """One request; returns (status, parsed JSON body) for errors as well."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {})) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+def pixel(png: bytes) -> tuple[int, int, int]:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return image.convert("RGB").getpixel((0, 0))
+
+
+class inverted:
+    """What ``workflows.invert(color)`` saves: EmptyImage's 0xRRGGBB, each channel inverted
+    (±1: ComfyUI works in floats and truncates when it saves)."""
+
+    def __init__(self, color: int) -> None:
+        self.rgb = tuple(255 - (color >> shift & 0xFF) for shift in (16, 8, 0))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, tuple) and all(
+            abs(a - b) <= 1 for a, b in zip(other, self.rgb, strict=True)
+        )
+
+    def __repr__(self) -> str:
+        return f"~{self.rgb}"
+
+
+def job(workflow: dict[str, Any], **request: Any) -> dict[str, Any]:
+    return {"input": {"workflow": workflow}, **request}
+
+
+def sdk_endpoint(running: Running, monkeypatch: pytest.MonkeyPatch, api_key: str = "unused"):
+    """The official client, unchanged, pointed at ``running`` the documented way."""
+    monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", f"{running.url}/v2")
+    import runpod
+
+    # runpod copies the variable into ``runpod.endpoint_url_base`` when first imported (and
+    # each Endpoint reads that attribute); this session may have imported it already.
+    monkeypatch.setattr(runpod, "endpoint_url_base", f"{running.url}/v2")
+    return runpod.Endpoint(running.settings.endpoint_id, api_key=api_key)
+
+
+# -- a webhook receiver ----------------------------------------------------------------------
+
+
+@dataclass
+class Hook:
+    """Loopback webhook receiver; answers 500 to the first ``fail_first`` POSTs."""
+
+    fail_first: int = 0
+    attempts: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook?token=abc"
+
+    def start(self) -> Hook:
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hook._cond:
+                    hook.attempts += 1
+                    ok = hook.attempts > hook.fail_first
+                    if ok:
+                        hook.received.append(json.loads(body))
+                    hook._cond.notify_all()
+                self.send_response(200 if ok else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def wait(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.received) >= count, timeout), (
+                f"{len(self.received)} webhooks, wanted {count}"
+            )
+            return list(self.received)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+@pytest.fixture
+def hook() -> Iterator[Callable[..., Hook]]:
+    hooks: list[Hook] = []
+
+    def make(fail_first: int = 0) -> Hook:
+        hooks.append(Hook(fail_first).start())
+        return hooks[-1]
+
+    yield make
+    for h in hooks:
+        h.stop()
+
+
+# -- the official runpod client --------------------------------------------------------------
+
+
+def test_sdk_run_sync_and_run_status_output(serve, monkeypatch):
+    running = serve()
+    endpoint = sdk_endpoint(running, monkeypatch)
+
+    output = endpoint.run_sync(job(workflows.invert(0x204060)), timeout=30)
+    assert output["files"][0].startswith(f"{running.base}/files/sync-")
+    assert pixel(fetch(output["files"][0])[1]) == inverted(0x204060)
+
+    submitted = endpoint.run({"workflow": workflows.invert(0x000000)})  # the SDK wraps input
+    deadline = time.monotonic() + 15
+    while submitted.status() != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    output = submitted.output()
+    assert pixel(fetch(output["files"][0])[1]) == (255, 255, 255)
+    assert output["file_info"][0]["content_type"] == "image/png"
+
+
+def test_sdk_cancel_health_purge_queue(serve, monkeypatch):
+    running = serve()
+    endpoint = sdk_endpoint(running, monkeypatch)
+    slow = endpoint.run({"workflow": workflows.slow(steps=400, delay=0.01)})
+    queued = [endpoint.run({"workflow": workflows.invert(c)}) for c in (1, 2)]
+    running.wait(slow.job_id, "IN_PROGRESS")
+
+    health = endpoint.health()
+    assert health["jobs"] == {
+        "completed": 0,
+        "failed": 0,
+        "inProgress": 1,
+        "inQueue": 2,
+        "retried": 0,
+    }
+    assert health["workers"]["running"] == 1 and health["workers"]["idle"] == 0
+
+    assert endpoint.purge_queue() == {"removed": 2, "status": "completed"}
+    assert [q.status() for q in queued] == ["CANCELLED", "CANCELLED"]
+    assert slow.cancel() == {"id": slow.job_id, "status": "CANCELLED"}
+    assert slow.status() == "CANCELLED"
+
+    health = endpoint.health()
+    assert health["jobs"]["inProgress"] == 0 and health["jobs"]["inQueue"] == 0
+    assert health["workers"] == {"idle": 1, "running": 0, "unhealthy": 0}
+
+
+# -- the contract's raw HTTP shapes ----------------------------------------------------------
+
+
+def test_runsync_with_bucket_webhook_and_policy(serve, hook, s3_server, caplog):
+    caplog.set_level(logging.INFO, logger="comfyui_runpod")
+    running = serve()
+    receiver = hook(fail_first=1)
+    tobucket = s3_server.make_bucket(f"to-{uuid.uuid4().hex[:8]}")
+    s3config = s3_server.make_bucket(f"s3c-{uuid.uuid4().hex[:8]}")
+    body = job(
+        workflows.invert(0x336699),
+        webhook=receiver.url,
+        policy={"executionTimeout": 60_000, "ttl": 60_000},
+        s3Config=bucket_contract(s3_server, s3config),
+    )
+    body["input"]["tobucket"] = bucket_contract(s3_server, tobucket)
+
+    code, result = running.call("POST", "runsync?wait=30000", body)
+    assert code == 200 and result["status"] == "COMPLETED", result
+    assert result["id"].startswith("sync-")
+    assert isinstance(result["delayTime"], int) and isinstance(result["executionTime"], int)
+    url = result["output"]["files"][0]
+    assert f"/{tobucket}/generations/{result['id']}/" in url  # tobucket wins over s3Config
+    assert pixel(fetch(url)[1]) == inverted(0x336699)
+
+    # The first POST got a 500; the retry (0.1 s later here) delivered the status object.
+    assert receiver.wait(1) == [result]
+    assert receiver.attempts == 2
+
+    del body["input"]["tobucket"], body["webhook"]
+    code, result = running.call("POST", "runsync", body)
+    url = result["output"]["files"][0]
+    assert f"/{s3config}/generations/{result['id']}/" in url
+    assert pixel(fetch(url)[1]) == inverted(0x336699)
+
+    assert TEST_ACCESS_SECRET not in caplog.text  # inputs (bucket secrets) are never logged
+    assert f"job {result['id']} COMPLETED delay=" in caplog.text
+
+
+def test_execution_timeout_is_timed_out_and_retry(serve):
+    running = serve()
+    body = job(workflows.slow(steps=500, delay=0.01), policy={"executionTimeout": 200})
+    code, result = running.call("POST", "runsync", body)
+    assert code == 200 and result["status"] == "TIMED_OUT", result
+    assert result["error"].startswith("timeout: execution exceeded 0.2s")
+    assert result["output"]["error_code"] == "timeout"
+    assert result["executionTime"] < 3000
+
+    code, done = running.call("POST", "runsync", job(workflows.invert(5)))
+    assert done["status"] == "COMPLETED"  # the worker stays healthy
+    code, body = running.call("POST", f"retry/{done['id']}")
+    assert code == 400 and "only FAILED or TIMED_OUT" in body["error"]
+
+    code, body = running.call("POST", f"retry/{result['id']}")
+    assert (code, body) == (200, {"id": result["id"], "status": "IN_QUEUE"})
+    assert running.wait(result["id"], "TIMED_OUT")["output"]["error_code"] == "timeout"
+    assert running.call("GET", "health")[1]["jobs"]["retried"] == 1
+
+
+def test_ttl_expires_queued_and_running_jobs(serve, hook):
+    running = serve()
+    receiver = hook()
+    slow = workflows.slow(steps=500, delay=0.01)
+    a = running.call("POST", "run", job(slow, policy={"ttl": 1000}, webhook=receiver.url))[1]
+    a_at = time.monotonic()
+    b = running.call("POST", "run", job(workflows.invert(1), policy={"ttl": 400}))[1]
+    b_at = time.monotonic()
+    c = running.call("POST", "run", job(workflows.invert(2), webhook=receiver.url))[1]
+    running.wait(a["id"], "IN_PROGRESS")
+    assert running.status(b["id"])["status"] == "IN_QUEUE"
+
+    time.sleep(max(b_at + 0.45 - time.monotonic(), 0))  # b's ttl passed in the queue
+    assert running.call("GET", f"status/{b['id']}")[0] == 404  # dropped, never run
+    assert running.status(a["id"])["status"] == "IN_PROGRESS"
+    assert running.call("GET", "health")[1]["jobs"]["inQueue"] == 1
+
+    time.sleep(max(a_at + 1.05 - time.monotonic(), 0))  # a's ttl passed while it ran
+    assert running.call("GET", f"status/{a['id']}")[0] == 404  # interrupted and dropped
+    running.wait(c["id"], "COMPLETED")
+    assert [h["id"] for h in receiver.wait(1)] == [c["id"]]  # no webhook for expired jobs
+
+
+def test_auth(serve, monkeypatch):
+    running = serve(api_key="s3cret")
+    assert running.call("GET", "health")[0] == 401
+    code, body = running.call("GET", "health", headers={"Authorization": "Bearer nope"})
+    assert code == 401 and "API key" in body["error"]
+    assert running.call("GET", "health", headers={"Authorization": "Bearer s3cret"})[0] == 200
+    assert running.call("POST", "run", job(workflows.invert(1)))[0] == 401
+
+    with pytest.raises(RuntimeError, match="Unauthorized"):
+        sdk_endpoint(running, monkeypatch, api_key="nope").health()
+    output = sdk_endpoint(running, monkeypatch, api_key="s3cret").run_sync(
+        job(workflows.invert(0x010203)), timeout=30
+    )
+    url = output["files"][0]
+    assert "?token=" in url  # file URLs carry their own token (for browsers, <img>, ...)
+    assert pixel(fetch(url)[1]) == inverted(0x010203)
+    assert fetch(url.split("?")[0])[0] == 401
+    assert fetch(url[:-4] + "0000")[0] == 401
+    bare = url.split("?")[0]
+    assert fetch(bare, {"Authorization": "Bearer s3cret"})[0] == 200
+
+
+def test_payload_limits_bad_requests_and_unknown_ids(serve):
+    running = serve()
+
+    def sized(size: int) -> bytes:
+        """A valid job body of exactly ``size`` bytes (padded with an ignored input key)."""
+        body = {"input": {"workflow": workflows.invert(3), "junk": ""}}
+        body["input"]["junk"] = "x" * (size - len(json.dumps(body)))
+        data = json.dumps(body).encode()
+        assert len(data) == size
+        return data
+
+    code, body = running.call("POST", "run", raw=sized(10 * MiB + 1))
+    assert code == 413 and "10 MB" in body["error"]
+    chunked = iter([sized(10 * MiB + 1)[: 6 * MiB], sized(10 * MiB + 1)[6 * MiB :]])
+    code, body = running.call("POST", "run", raw=chunked)  # no Content-Length: counted
+    assert code == 413
+    code, body = running.call("POST", "runsync", raw=sized(20 * MiB + 1))
+    assert code == 413 and "20 MB" in body["error"]
+    code, body = running.call("POST", "runsync", raw=sized(15 * MiB))  # fine for runsync
+    assert code == 200 and body["status"] == "COMPLETED", body
+
+    bad = {
+        b"{not json": "not valid JSON",
+        b"[1, 2]": "JSON object",
+        b"{}": '"input"',
+        b'{"input": {}, "webhook": "ftp://x"}': "webhook",
+        b'{"input": {}, "policy": {"ttl": "soon"}}': "policy.ttl",
+    }
+    for raw, message in bad.items():
+        code, body = running.call("POST", "run", raw=raw)
+        assert code == 400 and message in body["error"], (raw, body)
+    assert running.call("POST", "runsync?wait=soon", job(workflows.invert(1)))[0] == 400
+
+    for method, path in [
+        ("GET", "status/nope"),
+        ("POST", "status/nope"),
+        ("GET", "stream/nope"),
+        ("POST", "cancel/nope"),
+        ("POST", "retry/nope"),
+        ("GET", "files/nope/x.png"),
+        ("GET", "nothing-here"),
+    ]:
+        code, body = running.call(method, path)
+        assert code == 404 and "error" in body, (method, path, body)
+    assert http("GET", f"{running.url}/v2/other-endpoint/health")[0] == 404
+    code, body = running.call("GET", "run")
+    assert code == 405 and "error" in body
+
+
+def test_health_counts_after_a_mix_of_jobs(serve):
+    running = serve()
+    for color in (1, 2):
+        assert running.call("POST", "runsync", job(workflows.invert(color)))[1]["status"] == (
+            "COMPLETED"
+        )
+    broken = {"1": {"class_type": "NoSuchNode", "inputs": {}}}
+    failed = running.call("POST", "runsync", job(broken))[1]
+    assert failed["status"] == "FAILED"
+    assert failed["error"].startswith("validation_failed: unknown node type")
+    assert failed["output"]["error_code"] == "validation_failed"
+    assert failed["output"]["details"]["unknown_node_types"] == {"1": "NoSuchNode"}
+    slow = job(workflows.slow(steps=500, delay=0.01), policy={"executionTimeout": 100})
+    assert running.call("POST", "runsync", slow)[1]["status"] == "TIMED_OUT"
+    blocker = running.call("POST", "run", job(workflows.slow(steps=500, delay=0.01)))[1]
+    queued = running.call("POST", "run", job(workflows.invert(3)))[1]
+    assert running.call("POST", f"cancel/{queued['id']}")[1]["status"] == "CANCELLED"
+    assert running.call("POST", f"cancel/{blocker['id']}")[1]["status"] == "CANCELLED"
+    assert running.call("POST", f"retry/{failed['id']}")[0] == 200
+    running.wait(failed["id"], "FAILED")
+
+    assert running.call("GET", "health")[1] == {
+        "jobs": {"completed": 2, "failed": 3, "inProgress": 0, "inQueue": 0, "retried": 1},
+        "workers": {"idle": 1, "running": 0, "unhealthy": 0},
+    }
+
+
+def test_queue_is_fifo_with_three_jobs_in_flight(serve, hook):
+    running = serve()
+    receiver = hook()
+    bodies = [
+        job(workflows.slow(steps=20, delay=0.01), webhook=receiver.url),
+        job(workflows.invert(1), webhook=receiver.url),
+        job(workflows.invert(2), webhook=receiver.url),
+    ]
+    ids = [running.call("POST", "run", body)[1]["id"] for body in bodies]
+    assert [running.status(i)["status"] for i in ids[1:]] == ["IN_QUEUE", "IN_QUEUE"]
+
+    finished = [running.wait(i, "COMPLETED") for i in ids]
+    assert [h["id"] for h in receiver.wait(3)] == ids  # completion order = submit order
+    delays = [f["delayTime"] for f in finished]
+    assert delays == sorted(delays)
+    # One worker: the second job waited for the first to run (less the few ms between the
+    # two submissions, which delayTime does not see).
+    assert delays[1] >= finished[0]["executionTime"] - 50
+
+
+def test_cancel_running_job_then_next_completes(serve):
+    running = serve()
+    slow = running.call("POST", "run", job(workflows.slow(steps=500, delay=0.01)))[1]
+    nxt = running.call("POST", "run", job(workflows.invert(0x0F0F0F)))[1]
+
+    deadline = time.monotonic() + 10
+    while (status := running.status(slow["id"])).get("output", {}).get("event") != "step":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.01)
+    assert status["status"] == "IN_PROGRESS"  # progress shows in output while running
+    assert status["output"]["class"] == "TestSlowSteps" and 0 <= status["output"]["percent"] < 100
+
+    code, body = running.call("POST", f"cancel/{slow['id']}")
+    assert (code, body) == (200, {"id": slow["id"], "status": "CANCELLED"})
+    done = running.wait(nxt["id"], "COMPLETED", timeout=10)
+    assert pixel(fetch(done["output"]["files"][0])[1]) == inverted(0x0F0F0F)
+    cancelled = running.status(slow["id"])
+    assert cancelled["status"] == "CANCELLED" and "output" not in cancelled
+    assert cancelled["executionTime"] < 5000
+
+
+def test_stream_yields_progress_then_the_output_once(serve):
+    running = serve()
+    submitted = running.call("POST", "run", job(workflows.slow(steps=10, delay=0.02)))[1]
+    chunks: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    while True:
+        code, body = running.call("GET", f"stream/{submitted['id']}")
+        assert code == 200 and body["id"] == submitted["id"]
+        chunks += [c["output"] for c in body["stream"]]
+        if body["status"] == "COMPLETED" and not body["stream"]:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert {"started", "step"} <= {c.get("event") for c in chunks[:-1]}
+    assert chunks[-1]["files"][0].startswith(f"{running.base}/files/")
+
+
+def test_local_output_urls_follow_the_retention_window(serve, tmp_path):
+    running = serve(retention_s=1.0)
+    code, result = running.call("POST", "runsync", job(workflows.invert(0x0A141E, size=16)))
+    done_at = time.monotonic()
+    assert result["status"] == "COMPLETED"
+    [url] = result["output"]["files"]
+    name = result["output"]["file_info"][0]["name"]
+    assert url == f"{running.base}/files/{result['id']}/{name}"
+    code, data = fetch(url)
+    assert code == 200 and pixel(data) == inverted(0x0A141E)
+    folder = tmp_path / "out" / result["id"]
+    assert (folder / name).is_file()
+    assert running.status(result["id"])["status"] == "COMPLETED"
+
+    for sneaky in ("..%2F..%2Fconftest.py", "../../../etc/passwd", "%2e%2e/x.png"):
+        assert fetch(f"{running.base}/files/{result['id']}/{sneaky}")[0] in (400, 404)
+
+    time.sleep(max(done_at + 1.05 - time.monotonic(), 0))
+    assert running.call("GET", f"status/{result['id']}")[0] == 404
+    assert fetch(url)[0] == 404
+    assert not folder.exists()
+
+
+def test_shutdown_interrupts_the_running_job(serve, make_pipeline):
+    running = serve()
+    slow = running.call("POST", "run", job(workflows.slow(steps=1000, delay=0.01)))[1]
+    running.wait(slow["id"], "IN_PROGRESS")
+    waiter: dict[str, Any] = {}
+
+    def runsync() -> None:
+        waiter["answer"] = running.call("POST", "runsync", job(workflows.invert(1)))
+
+    thread = threading.Thread(target=runsync)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while running.call("GET", "health")[1]["jobs"]["inQueue"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    started = time.monotonic()
+    running.stop()
+    assert time.monotonic() - started < 5
+    thread.join(5)
+    assert waiter["answer"][0] == 200  # the waiting /runsync got an answer, not a hang
+
+    # Nothing left broken: the same ComfyUI runs the next job normally.
+    result = make_pipeline().run_sync(
+        {"id": "after-stop", "input": {"workflow": workflows.invert(7)}}
+    )
+    assert "error" not in result, result
+    assert pixel(Path(result["files"][0]).read_bytes()) == inverted(7)
+
+
+def test_serve_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--host",
+        "--port",
+        "--endpoint-id",
+        "--api-key",
+        "COMFYUI_RUNPOD_API_KEY",
+        "--out",
+        "--public-url",
+        "--retention",
+        "--webhook-retry-delay",
+        "--webhook-timeout",
+        "--cpu",
+        "--comfyui",
+    ):
+        assert flag in text
