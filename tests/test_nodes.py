@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import urllib.request
 import wave
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,3 +153,25 @@ def test_capture_data_keeps_json_small_and_safe() -> None:
     assert len(to_json_safe(list(range(10_000)))) == 1000
     assert to_json_safe(float("nan")) == "nan"
     assert to_json_safe(object()).startswith("<object object")
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_example_workflows_run(make_pipeline, s3_server: S3Server) -> None:
+    """Every example that needs no remote endpoint runs as documented (remote: test_remote)."""
+    job = json.loads((EXAMPLES / "test_input.json").read_text())
+    result = make_pipeline().run_sync(job)
+    assert result["datas"] == {"4": {"note": ["model-free example"]}}
+    assert len(result["files"]) == 1 and not result["files"][0].startswith("http")
+
+    bucket = s3_server.make_bucket("examples")
+    workflow = json.loads((EXAMPLES / "s3_upload.json").read_text())
+    job = {
+        "id": "ex",
+        "input": {"workflow": workflow, "tobucket": bucket_contract(s3_server, bucket)},
+    }
+    result = make_pipeline().run_sync(job)
+    assert "error" not in result, result.get("error")
+    assert len(result["files"]) == 2 and result["datas"]["2"]["urls"] == result["files"]
+    assert result["datas"]["3"]["uploaded"] == ["\n".join(result["files"])]

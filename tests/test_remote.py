@@ -191,6 +191,15 @@ def test_cancel_on_the_desktop_cancels_the_remote_jobs(executor: Executor, remot
         time.sleep(0.2)
 
 
+def test_remote_submit_example_runs(executor: Executor, remote_env: str) -> None:
+    example = TESTS.parent / "examples" / "remote_submit.json"
+    result = executor.run(json.loads(example.read_text()), executor.workspace("example"))
+    assert result.error is None, result.error
+    assert levels(result) == [0xFF - 0x12, 0xFF - 0x12]  # invert of colour 0x123456, twice
+    datas = json.loads(result.datas["3"]["remote_datas"][0])
+    assert list(datas.values()) == [{"4": {"note": ["model-free example"]}}] * 2
+
+
 def test_sigterm_during_a_job_stops_serve_cleanly(serve_process) -> None:
     """Runs last in this module: it stops the shared server."""
     base, process = serve_process
