@@ -18,6 +18,7 @@ from typing import Any
 from .. import context as job_context
 from .. import userconfig
 from ..client import RunPodClient, RunPodError
+from .imaging import encode_image
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class RemoteSubmit:
         job_input: dict[str, Any] = {"tobase64": True}
         if images is not None:
             job_input["images"] = [
-                {"name": f"input_{i}.png", "image": _png_base64(image)}
+                {"name": f"input_{i}.png", "image": base64.b64encode(encode_image(image)).decode()}
                 for i, image in enumerate(images)
             ]
         progress = _Progress(count)
@@ -234,13 +235,3 @@ def _batch(pictures: list[Any]) -> Any:
     if len(sizes) > 1:
         raise RunPodError(f"the remote images differ in size ({sorted(sizes)}); cannot batch them")
     return torch.stack(pictures)
-
-
-def _png_base64(image: Any) -> str:
-    import numpy as np
-    from PIL import Image
-
-    array = np.clip(image.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -18,8 +18,7 @@ from typing import Any
 from .. import context as job_context
 from .. import userconfig
 from ..storage import UploadedFile, upload_files
-
-FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+from .imaging import FORMATS, encode_image
 
 
 class S3Upload:
@@ -110,19 +109,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def _encode_images(images: Any, fmt: str, quality: int) -> list[bytes]:
-    if images is None:
-        return []
-    import numpy as np
-    from PIL import Image
-
-    encoded = []
-    for image in images:
-        array = np.clip(image.cpu().numpy() * 255.0, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        options = {"quality": quality} if fmt in ("jpeg", "webp") else {"compress_level": 4}
-        Image.fromarray(array).save(buffer, FORMATS[fmt], **options)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [] if images is None else [encode_image(image, fmt, quality) for image in images]
 
 
 def _encode_audio(audio: Any) -> list[bytes]:
