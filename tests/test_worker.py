@@ -47,9 +47,11 @@ def test_worker_runs_a_model_free_job_with_a_bucket(tmp_path: Path, s3_server: S
         "input": {"workflow": workflows.invert(0)},
         "s3Config": bucket_contract(s3_server, bucket),
     }
-    done = worker(job, tmp_path)
+    warmup = TESTS.parent / "examples" / "invert.json"
+    done = worker(job, tmp_path, "--warmup", str(warmup))
     logs = done.stdout + done.stderr
     assert done.returncode == 0, logs[-3000:]
+    assert "job warmup COMPLETED" in logs and "warmup done" in logs
     assert "completed successfully" in logs
     assert "/generations/local_test/inv_00001_.png" in logs
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
@@ -112,3 +114,17 @@ def test_progress_throttle_keeps_first_and_last() -> None:
     for event in ["started", "step", "step", "node", "finished"]:
         throttle({"event": event})
     assert [e["event"] for e in sent] == ["started", "finished"]
+
+
+def test_a_cuda_error_asks_runpod_for_a_fresh_worker(make_pipeline) -> None:
+    handler = make_handler(make_pipeline())
+    prompt = workflows.invert(0)
+    prompt["2"] = {
+        "class_type": "TestRaise",
+        "inputs": {"image": ["1", 0], "message": "CUDA error: an illegal memory access"},
+    }
+    result = asyncio.run(handler({"id": "cuda", "input": {"workflow": prompt}}))
+    assert result["error_code"] == "execution_failed"
+    assert result["refresh_worker"] is True  # runpod pops it and stops this worker
+    ordinary = asyncio.run(handler({"id": "ok", "input": {"workflow": workflows.invert(0)}}))
+    assert "refresh_worker" not in ordinary
