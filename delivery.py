@@ -3,7 +3,8 @@
 Bucket wins when one applies (``tobucket`` > ``s3Config`` > env); base64 only when asked
 and no bucket applies; otherwise files are moved to a local folder and returned as paths
 (the original worker's behaviour). A result too large for RunPod is refused with its size,
-never truncated.
+never truncated. When delivery fails, the files are kept in the local folder and the
+error's ``details.kept_files`` says where: a paid-for output is never thrown away.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from .errors import JobError
 from .executor import OutputFile
 from .job import JobRequest
-from .storage import UploadedFile, content_type_for, upload_files
+from .storage import UploadedFile, UploadError, content_type_for, upload_files
 
 #: RunPod's payload limits for a job's result.
 RUN_LIMIT = 10 * 1024 * 1024
@@ -57,26 +58,27 @@ def deliver(
         }
         for f, name in zip(files, names, strict=True)
     ]
-    if request.bucket is not None:
-        uploaded = upload_files(
-            request.bucket,
-            [f.path for f in files],
-            request.job_id,
-            names=names,
-            max_workers=settings.upload_workers,
-        )
-        entries = [u.url for u in uploaded]
-    elif request.tobase64:
-        _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
-        entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
-    else:
-        target = settings.local_dir / request.job_id
-        entries = []
-        for f, name in zip(files, names, strict=True):
-            destination = target / name
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(f.path, destination)
-            entries.append(str(destination))
+    try:
+        if request.bucket is not None:
+            uploaded = upload_files(
+                request.bucket,
+                [f.path for f in files],
+                request.job_id,
+                names=names,
+                max_workers=settings.upload_workers,
+            )
+            entries = [u.url for u in uploaded]
+        elif request.tobase64:
+            _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
+            entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
+        else:
+            entries = _keep(files, names, settings.local_dir / request.job_id)
+    except (UploadError, JobError) as exc:
+        # The outputs were paid for: keep them where an operator can pick them up.
+        kept = _keep(files, names, settings.local_dir / request.job_id)
+        error = exc if isinstance(exc, JobError) else JobError(exc.code, _without_code(exc))
+        error.detail["kept_files"] = kept
+        raise error from None
     for upload in node_uploads:
         entries.append(upload.url)
         info.append(
@@ -89,6 +91,21 @@ def deliver(
             }
         )
     return {"files": entries, "file_info": info}
+
+
+def _keep(files: Sequence[OutputFile], names: Sequence[str], target: Path) -> list[str]:
+    """Move the outputs into ``target`` (renames on one filesystem); return their paths."""
+    kept = []
+    for output, name in zip(files, names, strict=True):
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(output.path, destination)
+        kept.append(str(destination))
+    return kept
+
+
+def _without_code(exc: UploadError) -> str:
+    return str(exc).removeprefix(f"{exc.code}: ")
 
 
 def _name_in_job(output: OutputFile, job_dir: Path) -> str:

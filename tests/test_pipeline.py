@@ -136,6 +136,8 @@ def test_unreachable_bucket_is_upload_failed_naming_the_file(make_pipeline) -> N
     result = make_pipeline().run_sync(job)
     assert result["error"].startswith("upload_failed: could not upload inv_00001_.png")
     assert result["error_code"] == "upload_failed"
+    [kept] = result["details"]["kept_files"]  # the paid-for output is not thrown away
+    assert colors(Path(kept).read_bytes()) == {(255, 255, 255)}
 
 
 def test_wrong_bucket_is_upload_failed(make_pipeline, s3_server: S3Server) -> None:
@@ -163,6 +165,7 @@ def test_base64_over_the_payload_limit_is_refused_with_its_size(make_pipeline) -
     assert result["error_code"] == "payload_too_large"
     assert "MB, over RunPod's" in result["error"] and "bucket" in result["error"]
     assert "files" not in result
+    assert Path(result["details"]["kept_files"][0]).stat().st_size > 1024
 
 
 def test_local_paths_without_bucket_or_base64(make_pipeline, tmp_path: Path) -> None:
