@@ -285,7 +285,7 @@ async def _serve(pipeline: Pipeline, settings: ServeSettings) -> None:
     log.info("serving the RunPod API at %s%s (Ctrl-C stops)", url, settings.prefix)
     try:
         await stop.wait()
-        log.info("stopping: interrupting the running job")
+        log.info("stopping (a running job is interrupted)")
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)  # a second Ctrl-C then stops at once
