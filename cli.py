@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--warmup",
         type=Path,
-        default=os.environ.get("COMFYUI_RUNPOD_WARMUP"),
+        default=os.environ.get("COMFYUI_RUNPOD_WARMUP") or None,  # empty means unset
         help="workflow run once before taking jobs (env COMFYUI_RUNPOD_WARMUP)",
     )
     _add_boot_options(worker)
@@ -253,8 +253,11 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     from .pipeline import default_local_dir
 
     # The SDK logs whole jobs (and their S3 keys) at its default DEBUG level.
-    if not {"RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"} & os.environ.keys():
-        os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
+    # An empty value counts as unset (the SDK refuses to import with one).
+    if not os.environ.get("RUNPOD_LOG_LEVEL"):
+        os.environ.pop("RUNPOD_LOG_LEVEL", None)
+        if not os.environ.get("RUNPOD_DEBUG_LEVEL"):
+            os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
     pipeline = _pipeline(args, default_local_dir())
     if args.warmup:
         handler.warm_up(pipeline, Path(args.warmup))
