@@ -34,9 +34,9 @@ test: setup
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python -m pytest
 
+# P1-P6 (see docs/performance.md); BENCH_ARGS=--quick for a smoke run, --only overhead,soak.
 bench: setup
-	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/delivery.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runpod-output

@@ -1,0 +1,201 @@
+"""P2: cold start — process start → the first job's result, ours vs the server path.
+
+Contenders, each a fresh process per sample, interleaved in a rotating order:
+
+- ``ours_script``: a Python process that boots our ``Executor`` and runs one job through
+  ``Pipeline.run`` (what ``comfyui-runpod worker`` does before it takes its first job); the
+  clock stops when the result line arrives on its stdout;
+- ``ours_cli``: ``comfyui-runpod run job.json``, until the process has exited (a user's
+  view: includes the interpreter's shutdown);
+- ``server``: ComfyUI's ``main.py`` started, polled until it answers (every 10 ms; the
+  reference worker polls every 50 ms), then one job over websocket + ``POST /prompt`` +
+  ``GET /history`` (the same client as P1).
+
+Same ComfyUI tree, same model-free job, CPU, API nodes off on both sides.
+
+    .venv/bin/python bench/coldstart.py [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from benchlib import (
+    RESULTS,
+    ComfyServer,
+    comfyui_tree,
+    invert_prompt,
+    output_files,
+    server_job,
+    table,
+    write_report,
+)
+
+
+def child() -> None:
+    """The ``ours_script`` process: boot, one job, one JSON line on stdout, exit."""
+    from benchlib import boot_executor
+    from comfyui_runpod.delivery import DeliverySettings
+    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+
+    work = Path(tempfile.mkdtemp(prefix="bench-p2-child-"))
+    try:
+        executor = boot_executor(work)
+        settings = PipelineSettings(DeliverySettings(local_dir=work / "delivered"), environ={})
+        result = Pipeline(executor, settings).run_sync(
+            {"id": "cold", "input": {"workflow": invert_prompt(1)}}
+        )
+        line = {"boot_s": executor.comfy.boot_s, "result": result}
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        executor.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ours_script(timeout_s: float) -> dict[str, Any]:
+    command = [sys.executable, str(Path(__file__).resolve()), "--child"]
+    began = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert process.stdout is not None
+        report: dict[str, Any] = {}
+        for line in process.stdout:  # anything ComfyUI prints to stdout comes first
+            if line.startswith(b'{"boot_s"'):
+                report = json.loads(line)
+                break
+        elapsed = time.perf_counter() - began
+        if not report:
+            raise RuntimeError(f"ours_script exited with {process.wait()} and no result")
+        if "error" in report["result"]:
+            raise RuntimeError(f"ours_script job failed: {report['result']}")
+        process.wait(timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return {"s": elapsed, "boot_s": report["boot_s"]}
+
+
+def _ours_cli(timeout_s: float) -> dict[str, Any]:
+    folder = Path(tempfile.mkdtemp(prefix="bench-p2-cli-"))
+    try:
+        job = folder / "job.json"
+        job.write_text(json.dumps({"input": {"workflow": invert_prompt(2)}}))
+        cli = Path(sys.executable).with_name("comfyui-runpod")
+        command = [str(cli), "run", str(job), "--cpu", "--out", str(folder / "out")]
+        command += ["--work-dir", str(folder / "work")]
+        began = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+        elapsed = time.perf_counter() - began
+        if done.returncode != 0:
+            raise RuntimeError(f"comfyui-runpod run failed: {done.stderr.decode()[-2000:]}")
+        json.loads(done.stdout)
+        return {"s": elapsed}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _server(comfyui: Path, timeout_s: float) -> dict[str, Any]:
+    server = ComfyServer(comfyui)
+    try:
+        server.spawn()
+        began = server.started_at
+        server.wait_ready(timeout_s)
+
+        async def first_job() -> Any:
+            async with aiohttp.ClientSession() as session:
+                return await server_job(session, server.base_url, invert_prompt(3))
+
+        outputs = asyncio.run(first_job())
+        elapsed = time.perf_counter() - began
+        assert len(output_files(outputs, server.output_dir)) == 1, outputs
+        return {"s": elapsed, "ready_s": server.ready_s}
+    finally:
+        server.stop()
+
+
+def measure(rounds: int = 3, timeout_s: float = 300.0) -> dict[str, Any]:
+    """``rounds`` fresh processes of each contender, in a rotating order."""
+    comfyui = comfyui_tree()
+    contenders = {
+        "ours_script": lambda: _ours_script(timeout_s),
+        "ours_cli": lambda: _ours_cli(timeout_s),
+        "server": lambda: _server(comfyui, timeout_s),
+    }
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(contenders[name]())
+
+    def median(name: str, key: str = "s") -> float:
+        return statistics.median(s[key] for s in samples[name])
+
+    results = {
+        name: {"median_s": median(name), "samples_s": [s["s"] for s in runs]}
+        for name, runs in samples.items()
+    }
+    results["ours_script"]["boot_median_s"] = median("ours_script", "boot_s")
+    results["server"]["ready_median_s"] = median("server", "ready_s")
+    return {
+        "rounds": rounds,
+        "results": results,
+        "ratios": {
+            "server_over_ours": median("server") / median("ours_script"),
+            "server_over_ours_cli": median("server") / median("ours_cli"),
+        },
+        "targets": {"server_over_ours": "> 1 (ours faster)"},
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    res = report["results"]
+    rows = [
+        ("ours: boot + 1 job (script)", res["ours_script"]["median_s"]),
+        ("ours: `comfyui-runpod run` until exit", res["ours_cli"]["median_s"]),
+        ("server: main.py start + 1 job (ws)", res["server"]["median_s"]),
+    ]
+    return (
+        f"P2 cold start, {report['rounds']} fresh processes each (median)\n\n"
+        + table(["path", "seconds"], rows)
+        + f"\n\nours boot {res['ours_script']['boot_median_s']:.2f} s; server ready "
+        f"{res['server']['ready_median_s']:.2f} s; server/ours = "
+        f"{report['ratios']['server_over_ours']:.2f}"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line (``make bench`` passes flags from ``run.BENCHES``)."""
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--rounds", type=int, default=3)
+    cli.add_argument("--timeout", type=float, default=300.0)
+    cli.add_argument("--out", type=Path, default=RESULTS)
+    cli.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    if args.child:
+        child()
+        return
+    report = measure(args.rounds, args.timeout)
+    print(render(report))
+    write_report("coldstart", report, args.out)
+
+
+if __name__ == "__main__":
+    main()
