@@ -46,29 +46,36 @@ def collect(
 ) -> tuple[list[OutputFile], dict[str, dict[str, Any]]]:
     """Split ``ui_outputs`` into files (in the workflow's node order) and datas."""
     order = {node_id: index for index, node_id in enumerate(node_order)}
+    roots: dict[str, Path | None] = {}
+
+    def root_of(kind_of_dir: str) -> Path | None:
+        if kind_of_dir not in roots:
+            base = directory_of(kind_of_dir)
+            roots[kind_of_dir] = None if base is None else Path(base).resolve()
+        return roots[kind_of_dir]
+
     files: list[OutputFile] = []
     datas: dict[str, dict[str, Any]] = {}
     for node_id in sorted(ui_outputs, key=lambda n: order.get(n, len(order))):
         for key, value in (ui_outputs[node_id] or {}).items():
             if _is_file_list(value):
-                files.extend(_files_of(node_id, key, value, directory_of))
+                files.extend(_files_of(node_id, key, value, root_of))
             elif key not in _FILE_FLAGS:
                 datas.setdefault(node_id, {})[key] = value
     return files, datas
 
 
 def _files_of(
-    node_id: str, kind: str, items: list[dict[str, Any]], directory_of: Callable[[str], str | None]
+    node_id: str, kind: str, items: list[dict[str, Any]], root_of: Callable[[str], Path | None]
 ) -> Iterable[OutputFile]:
     for item in items:
         kind_of_dir = item.get("type", "output")
         if kind_of_dir in _NOT_OUTPUTS:
             continue
-        base = directory_of(kind_of_dir)
-        if base is None:
+        root = root_of(kind_of_dir)
+        if root is None:
             log.warning("node %s reported a file of unknown type %r", node_id, kind_of_dir)
             continue
-        root = Path(base).resolve()
         subfolder = item.get("subfolder") or ""
         path = (root / subfolder / item["filename"]).resolve()
         if not path.is_relative_to(root) or not path.is_file():
