@@ -10,6 +10,7 @@ error's ``details.kept_files`` says where: a paid-for output is never thrown awa
 from __future__ import annotations
 
 import base64
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from .storage import UploadedFile, UploadError, content_type_for, upload_files
 #: RunPod's payload limits for a job's result.
 RUN_LIMIT = 10 * 1024 * 1024
 RUNSYNC_LIMIT = 20 * 1024 * 1024
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,10 @@ def deliver(
             _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
             entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
         else:
-            entries = _keep(files, names, settings.local_dir / request.job_id)
+            entries = _keep(files, names, local_folder(settings, request.job_id))
     except (UploadError, JobError) as exc:
         # The outputs were paid for: keep them where an operator can pick them up.
-        kept = _keep(files, names, settings.local_dir / request.job_id)
+        kept = _keep(files, names, local_folder(settings, request.job_id))
         error = exc if isinstance(exc, JobError) else JobError(exc.code, _without_code(exc))
         error.detail["kept_files"] = kept
         raise error from None
@@ -91,6 +93,13 @@ def deliver(
             }
         )
     return {"files": entries, "file_info": info}
+
+
+def local_folder(settings: DeliverySettings, job_id: str) -> Path:
+    """The job's folder under ``local_dir``: a job id such as ``../x`` or ``/x`` (``run``
+    takes ids from job files) must not place files elsewhere. RunPod's and ``serve``'s ids
+    are already plain, so they map to themselves."""
+    return settings.local_dir / (_UNSAFE.sub("_", job_id).strip("._") or "job")
 
 
 def _keep(files: Sequence[OutputFile], names: Sequence[str], target: Path) -> list[str]:

@@ -21,6 +21,9 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 #: Longest accepted ``policy.executionTimeout``: RunPod's own maximum is 7 days.
 MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+#: Deepest nesting of lists and objects in a node's inputs (real workflows use a few
+#: levels; hundreds would exhaust the recursion limit of copying and validating them).
+MAX_INPUT_DEPTH = 64
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
 
@@ -74,9 +77,15 @@ def parse_workflow(value: Any) -> dict[str, Any]:
             raise JobError(
                 "invalid_input", f"input.workflow is a string but not valid JSON: {exc}"
             ) from None
+        except RecursionError:  # "[[[[…" thousands deep: json gives up, not the worker
+            raise JobError(
+                "invalid_input", "input.workflow is a string nested too deeply to parse"
+            ) from None
     if not isinstance(value, dict):
         kind = type(value).__name__
         raise JobError("invalid_input", f"input.workflow must be an object, not {kind}")
+    if not value:  # "{}" sent as a string
+        raise JobError("invalid_input", "input.workflow is missing or empty")
     if "nodes" in value and "links" in value:
         raise JobError(
             "invalid_input",
@@ -94,7 +103,31 @@ def parse_workflow(value: Any) -> dict[str, Any]:
             raise JobError(
                 "invalid_input", f"input.workflow node {node_id!r}: inputs must be an object"
             )
+        if _deeper_than(node.get("inputs"), MAX_INPUT_DEPTH):
+            raise JobError(
+                "invalid_input",
+                f"input.workflow node {node_id!r}: inputs are nested more than "
+                f"{MAX_INPUT_DEPTH} levels deep",
+            )
+    if not all("inputs" in node for node in value.values()):
+        # ComfyUI indexes node["inputs"] of every node, even ones it will not run.
+        value = {
+            k: node if "inputs" in node else {**node, "inputs": {}} for k, node in value.items()
+        }
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest more than ``limit`` levels (iteratively: no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def safe_file_name(name: Any, where: str) -> str:

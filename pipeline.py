@@ -99,6 +99,10 @@ class Pipeline:
         except StorageError as exc:
             error = JobError(exc.code, str(exc).removeprefix(f"{exc.code}: "))
             return self._finish(job_id, error.to_result(), timings, started)
+        except Exception as exc:  # a bug or a broken machine (disk full): still a coded line
+            log.exception("job %s: internal error", job_id)
+            error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
+            return self._finish(job_id, error.to_result(), timings, started)
         finally:
             if workspace is not None:
                 workspace.cleanup()

@@ -362,6 +362,8 @@ async def _read_json(request: web.Request, limit: int) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[…" thousands deep
+        raise ApiError(400, "the request body is JSON nested too deeply to parse") from None
 
 
 async def _drain(request: web.Request, budget: int) -> int:

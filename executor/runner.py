@@ -243,6 +243,7 @@ class Executor:
                 self._tracker.on_step(value, total, node_id)
 
         comfy_utils.set_progress_bar_global_hook(hook)
+        _quiet_web_ui_progress(comfy.execution)
 
     async def _run_one(self, request: _Request) -> RunResult:
         comfy = self._comfy
@@ -329,7 +330,39 @@ class Executor:
             return JobError("invalid_input", f"the workflow could not be validated: {exc}")
         if ok:
             return list(good_outputs)
-        return _validation_error(error, node_errors, prompt)
+        # ComfyUI reports a cycle as a bare "Prompt outputs failed validation", naming nothing.
+        cycle = None if node_errors else _cycle_error(prompt)
+        return cycle or _validation_error(error, node_errors, prompt)
+
+
+def _quiet_web_ui_progress(execution: Any) -> None:
+    """Stop ComfyUI's web-UI progress handler from sending every node's state.
+
+    ``PromptExecutor`` adds it to each prompt; on every node start, step and finish it
+    builds a dict over *all* nodes for a browser, which is O(n²) per prompt (a workflow of
+    10 000 output nodes spent a minute there). Nothing here reads those events.
+    """
+    base = getattr(execution, "WebUIProgressHandler", None)
+    if base is None or getattr(base, "_headless", False):
+        return
+
+    class HeadlessProgressHandler(base):  # type: ignore[misc, valid-type]
+        _headless = True
+
+        def _send_progress_state(self, prompt_id: str, nodes: Any) -> None:
+            pass
+
+    execution.WebUIProgressHandler = HeadlessProgressHandler
+
+
+#: At most this many nodes are named in an error line; ``details`` has them all.
+_MAX_NAMED = 10
+
+
+def _listing(items: list[str], sep: str = ", ") -> str:
+    more = len(items) - _MAX_NAMED
+    shown = sep.join(items[:_MAX_NAMED])
+    return f"{shown}{sep}and {more} more (see details)" if more > 0 else shown
 
 
 def _unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
@@ -341,7 +374,7 @@ def _unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> 
             missing[str(node_id)] = class_type
     if not missing:
         return None
-    listed = ", ".join(f"node {node_id} ({ct!r})" for node_id, ct in missing.items())
+    listed = _listing([f"node {node_id} ({ct!r})" for node_id, ct in missing.items()])
     return JobError(
         "validation_failed",
         f"unknown node type in {listed}: install the custom nodes that provide "
@@ -376,6 +409,47 @@ def _escaping_files(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobE
                         f"node {node_id} ({node['class_type']}): {name} {value!r} is outside "
                         "the job's input files; use the plain name of a file sent in input.images",
                     )
+    return None
+
+
+def _cycle_error(prompt: Mapping[str, Any]) -> JobError | None:
+    """Name the nodes of a link cycle (``node 2 → node 4 → node 2``), if there is one."""
+
+    def links(node_id: str) -> list[str]:
+        node = prompt.get(node_id)
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            return []
+        return [
+            v[0]
+            for v in inputs.values()
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in prompt
+        ]
+
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in prompt:
+        if root in state:
+            continue
+        path, stack = [root], [iter(links(root))]
+        state[root] = 1
+        while stack:  # iterative: a 10 000-node chain must not exhaust the stack
+            child = next(stack[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                cycle = [*path[path.index(child) :], child]
+                named = [f"node {n} ({prompt[n].get('class_type')})" for n in cycle]
+                return JobError(
+                    "validation_failed",
+                    f"the workflow has a cycle: {' -> '.join(named)}; a node cannot "
+                    "depend on its own output",
+                    {"cycle": cycle},
+                )
+            elif child not in state:
+                state[child] = 1
+                path.append(child)
+                stack.append(iter(links(child)))
     return None
 
 
@@ -434,7 +508,7 @@ def _validation_error(
             message = f"{message}: {error['details']}"
         problems.append(message)
     detail["error"] = dict(error or {})
-    return JobError("validation_failed", "; ".join(problems), detail)
+    return JobError("validation_failed", _listing(problems, "; "), detail)
 
 
 def _execution_error(

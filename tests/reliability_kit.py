@@ -1,0 +1,326 @@
+"""Helpers for ``tests/reliability/``: an in-process ``serve`` on a thread, a loopback web
+server with hostile URLs, and the secret scan. (A module at the tests root because test
+modules are imported in importlib mode and cannot import a sibling module.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from comfyui_runpod.endpoint import Server, ServeSettings, make_app
+from comfyui_runpod.pipeline import Pipeline
+from PIL import Image
+from s3server import TEST_ACCESS_ID, TEST_ACCESS_SECRET
+
+#: The API key of every server these tests start: a secret like the bucket keys.
+API_KEY = "rk-RELIABILITY-API-KEY-424242"
+SECRETS = (TEST_ACCESS_SECRET, TEST_ACCESS_ID, API_KEY)
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    raw: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> tuple[int, Any]:
+    """One request; (status, parsed JSON body), for error statuses too."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+
+
+class ServeThread:
+    """``comfyui-runpod serve`` (the real aiohttp app) on a free loopback port, on its own
+    event-loop thread; every call carries the API key."""
+
+    def __init__(self, pipeline: Pipeline, **overrides: Any) -> None:
+        fast = {"webhook_retry_delay_s": 0.1, "sweep_interval_s": 0.05, "api_key": API_KEY}
+        self.settings = ServeSettings(host="127.0.0.1", port=0, **{**fast, **overrides})
+        self.pipeline = pipeline
+        self.default_media = pipeline.settings.media
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="serve", daemon=True)
+        self.thread.start()
+
+        async def boot() -> tuple[Server, str]:
+            server = Server(make_app(pipeline, self.settings), "127.0.0.1", 0)
+            return server, await server.start()
+
+        self.server, self.url = asyncio.run_coroutine_threadsafe(boot(), self.loop).result(10)
+
+    @property
+    def base(self) -> str:
+        return f"{self.url}/v2/{self.settings.endpoint_id}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        key = self.settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def use_media(self, **overrides: Any) -> None:
+        """This server's media settings for the next jobs (the server default plus these)."""
+        media = replace(self.default_media, **overrides) if overrides else self.default_media
+        self.pipeline.settings = replace(self.pipeline.settings, media=media)
+
+    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        return http(method, f"{self.base}/{path}", body, headers=headers, **kwargs)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        code, body = self.call("GET", f"status/{job_id}")
+        assert code == 200, body
+        return body
+
+    def wait(self, job_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (body := self.status(job_id))["status"] not in states:
+            assert time.monotonic() < deadline, f"still {body['status']}, wanted {states}"
+            time.sleep(0.01)
+        return body
+
+    def health(self) -> dict[str, Any]:
+        code, body = self.call("GET", "health")
+        assert code == 200, body
+        return body
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+
+# -- images --------------------------------------------------------------------------------------
+
+
+def png_bytes(color: tuple[int, int, int] = (1, 2, 3), size: int = 4) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def pixel(png: bytes) -> tuple[int, int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return image.convert("RGB").getpixel((0, 0))
+
+
+def png_text(png: bytes) -> str:
+    """Everything a saved PNG carries as text (ComfyUI writes the prompt there)."""
+    with Image.open(io.BytesIO(png)) as image:
+        image.load()
+        return json.dumps(getattr(image, "text", {}) or image.info, default=str)
+
+
+# -- a loopback web server with hostile URLs -------------------------------------------------
+
+
+class Web:
+    """``/in.png`` a PNG; ``/huge.png`` declares 5 GB; ``/endless.png`` streams without a
+    length (at most 8 MB); ``/tarpit.png`` never answers (for 3 s at most);
+    ``/text.png`` is text. PUTs (an S3 client that found the wrong server) get a 501."""
+
+    def __init__(self) -> None:
+        body = png_bytes((1, 2, 3))
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path == "/in.png":
+                    self._send(200, body)
+                elif self.path == "/text.png":
+                    self._send(200, b"hello, not an image")
+                elif self.path == "/huge.png":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(5 * 1024**3))
+                    self.end_headers()
+                    self.wfile.write(b"\x89PNG")
+                elif self.path == "/endless.png":
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    try:
+                        for _ in range(128):  # 8 MB, then give up
+                            self.wfile.write(b"\0" * 65536)
+                    except OSError:  # the client stopped reading: as it should
+                        pass
+                elif self.path == "/tarpit.png":
+                    time.sleep(3)
+                else:
+                    self._send(404, b"not here")
+
+            def _send(self, status: int, data: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+#: Loggers whose records may carry the access key *id* (never the secret):
+#: ``werkzeug`` is the moto test server's own access log (it prints presigned URLs, whose
+#: ``X-Amz-Credential`` holds the id by S3's design) and ``botocore``'s DEBUG log prints
+#: the signed request (SigV4's Authorization header holds the id). Neither is this
+#: project's code, and neither reaches a customer; the access *secret* is checked there too.
+THIRD_PARTY_WIRE_LOGS = ("werkzeug", "botocore")
+
+
+def _record_text(record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + logging.Formatter().formatException(record.exc_info)
+    return text
+
+
+def leaks(text: str) -> list[str]:
+    """The secrets in ``text``, ignoring the access key id inside presigned URLs."""
+    text = re.sub(r"X-Amz-Credential=[^&\"'\s]*", "", text)
+    return [secret for secret in SECRETS if secret in text]
+
+
+def assert_no_secrets(records: Iterable[logging.LogRecord], *texts: Any) -> int:
+    """No secret in our log records, nor in ``texts`` (results, errors, PNG metadata, any
+    JSON-able value); returns how many characters were scanned."""
+    records = list(records)
+    ours = "\n".join(
+        _record_text(r) for r in records if not r.name.startswith(THIRD_PARTY_WIRE_LOGS)
+    )
+    everything = "\n".join(_record_text(r) for r in records)
+    values = "\n".join(t if isinstance(t, str) else json.dumps(t, default=str) for t in texts)
+    assert leaks(ours) == [], "a secret is in our logs"
+    assert leaks(values) == [], "a secret is in a result, an error or a file"
+    assert TEST_ACCESS_SECRET not in everything, "the access secret is in a third-party log"
+    return len(ours) + len(values)
+
+
+# -- receivers and broken servers --------------------------------------------------------------
+
+
+class Hook:
+    """A loopback webhook receiver that records each POSTed status object."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hook._cond:
+                    hook.received.append(json.loads(body))
+                    hook._cond.notify_all()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
+
+    def wait(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.received) >= count, timeout)
+            return list(self.received)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Dropper:
+    """A TCP server that accepts, reads a little of each request, then resets the
+    connection: an S3 endpoint (or webhook receiver) failing mid-request. ``hang=True``
+    reads and then says nothing until the client gives up (at most 5 s)."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.connections = 0
+        self._hang = hang
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(1024)  # the request line and some headers: then the line goes dead
+                while self._hang and conn.recv(65536):  # until the client gives up, or 5 s
+                    pass
+                # Linger 0: close() sends a reset, not a polite end of stream.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
