@@ -49,6 +49,7 @@ def deliver(
     after the executor's files. ``job_dir`` is the job's output folder, used to name files
     uniquely (two save nodes may both write ``x_00001_.png`` in different subfolders).
     """
+    job_dir = job_dir.resolve()
     names = [_name_in_job(f, job_dir) for f in files]
     info = [
         {
@@ -119,7 +120,7 @@ def _without_code(exc: UploadError) -> str:
 
 def _name_in_job(output: OutputFile, job_dir: Path) -> str:
     try:
-        return output.path.relative_to(job_dir.resolve()).as_posix()
+        return output.path.relative_to(job_dir).as_posix()
     except ValueError:
         return output.filename
 

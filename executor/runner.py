@@ -47,8 +47,9 @@ class Workspace:
     output_dir: Path
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.input_dir, ignore_errors=True)
-        shutil.rmtree(self.output_dir, ignore_errors=True)
+        for folder in (self.input_dir, self.output_dir):
+            if folder.exists():  # most jobs bring no inputs
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
@@ -552,7 +553,7 @@ def _failed(code: str, message: str) -> RunResult:
 def _remove_temp_files(prompt_executor: Any, comfy: Comfy) -> None:
     """Previews are not outputs: delete those this prompt wrote."""
     history = getattr(prompt_executor, "history_result", None) or {}
-    temp_root = comfy.temp_dir.resolve()
+    temp_root = comfy.temp_dir  # resolved at boot
     for ui in history.get("outputs", {}).values():
         for value in (ui or {}).values():
             if not isinstance(value, list):
