@@ -14,8 +14,6 @@ import socket
 import struct
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +21,7 @@ from typing import Any
 
 from comfyui_runpod.endpoint import Server, ServeSettings, make_app
 from comfyui_runpod.pipeline import Pipeline
+from httpkit import http
 from PIL import Image
 from s3server import TEST_ACCESS_ID, TEST_ACCESS_SECRET
 
@@ -31,39 +30,6 @@ API_KEY = "rk-RELIABILITY-API-KEY-424242"
 SECRETS = (TEST_ACCESS_SECRET, TEST_ACCESS_ID, API_KEY)
 
 # -- HTTP --------------------------------------------------------------------------------------
-
-
-def http(
-    method: str,
-    url: str,
-    body: Any = None,
-    *,
-    raw: Any = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 60,
-) -> tuple[int, Any]:
-    """One request; (status, parsed JSON body), for error statuses too."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    for key, value in (headers or {}).items():
-        request.add_header(key, value)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    try:
-        request = urllib.request.Request(url, headers=headers or {})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
 
 
 class ServeThread:

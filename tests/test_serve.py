@@ -10,8 +10,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import workflows
 from comfyui_runpod.cli import main
 from comfyui_runpod.endpoint import Server, ServeSettings, make_app
 from comfyui_runpod.pipeline import Pipeline
+from httpkit import fetch, http
 from PIL import Image
 from s3server import TEST_ACCESS_SECRET, bucket_contract
 
@@ -97,38 +96,6 @@ def serve(make_pipeline) -> Iterator[Callable[..., Running]]:
     yield start
     for running in started:
         running.stop()
-
-
-def http(
-    method: str,
-    url: str,
-    body: Any = None,
-    *,
-    raw: Any = None,
-    headers: dict[str, str] | None = None,
-    timeout: float = 30,
-) -> tuple[int, Any]:
-    """One request; returns (status, parsed JSON body) for errors as well."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    for key, value in (headers or {}).items():
-        request.add_header(key, value)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read())
-
-
-def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {})) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, exc.read()
 
 
 def pixel(png: bytes) -> tuple[int, int, int]:

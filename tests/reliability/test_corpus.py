@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import workflows
 from comfyui_runpod.handler import make_handler
+from httpkit import fetch
 from PIL import Image
-from reliability_kit import API_KEY, assert_no_secrets, b64, fetch, pixel, png_bytes, png_text
+from reliability_kit import API_KEY, assert_no_secrets, b64, pixel, png_bytes, png_text
 from s3server import TEST_ACCESS_ID, TEST_ACCESS_SECRET, bucket_contract
 
 MiB = 1024 * 1024

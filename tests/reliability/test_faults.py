@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import workflows
 from comfyui_runpod.handler import make_handler
-from reliability_kit import API_KEY, Dropper, Hook, fetch, pixel
+from httpkit import fetch
+from reliability_kit import API_KEY, Dropper, Hook, pixel
 from s3server import S3Proxy, bucket_contract, closed_port_url
 
 WHITE = (255, 255, 255)

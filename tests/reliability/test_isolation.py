@@ -16,11 +16,11 @@ import pytest
 import workflows
 from comfyui_runpod.executor import Workspace
 from comfyui_runpod.handler import make_handler
+from httpkit import fetch
 from reliability_kit import (
     API_KEY,
     assert_no_secrets,
     b64,
-    fetch,
     pixel,
     png_bytes,
     png_text,
