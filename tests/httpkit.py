@@ -1,10 +1,14 @@
-"""Plain HTTP for the endpoint tests: JSON in, (status, JSON) out — error statuses too."""
+"""Plain HTTP for the endpoint tests: requests (JSON in, status and JSON out, error
+statuses too) and a loopback webhook receiver."""
 
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -40,3 +44,55 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, exc.read()
+
+
+@dataclass
+class Hook:
+    """Loopback webhook receiver; answers 500 to the first ``fail_first`` POSTs."""
+
+    fail_first: int = 0
+    attempts: int = 0
+    received: list[dict[str, Any]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hook?token=abc"
+
+    def start(self) -> Hook:
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with hook._cond:
+                    hook.attempts += 1
+                    ok = hook.attempts > hook.fail_first
+                    if ok:
+                        hook.received.append(json.loads(body))
+                    hook._cond.notify_all()
+                self.send_response(200 if ok else 500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def wait(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self.received) >= count, timeout), (
+                f"{len(self.received)} webhooks, wanted {count}"
+            )
+            return list(self.received)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()

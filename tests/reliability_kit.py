@@ -216,42 +216,6 @@ def assert_no_secrets(records: Iterable[logging.LogRecord], *texts: Any) -> int:
 # -- receivers and broken servers --------------------------------------------------------------
 
 
-class Hook:
-    """A loopback webhook receiver that records each POSTed status object."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with hook._cond:
-                    hook.received.append(json.loads(body))
-                    hook._cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        self.url = f"http://127.0.0.1:{self._server.server_port}/hook"
-
-    def wait(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.received) >= count, timeout)
-            return list(self.received)
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 class Dropper:
     """A TCP server that accepts, reads a little of each request, then resets the
     connection: an S3 endpoint (or webhook receiver) failing mid-request. ``hang=True``

@@ -12,8 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import workflows
 from comfyui_runpod.cli import main
 from comfyui_runpod.endpoint import Server, ServeSettings, make_app
 from comfyui_runpod.pipeline import Pipeline
-from httpkit import fetch, http
+from httpkit import Hook, fetch, http
 from PIL import Image
 from s3server import TEST_ACCESS_SECRET, bucket_contract
 
@@ -136,58 +135,6 @@ def sdk_endpoint(running: Running, monkeypatch: pytest.MonkeyPatch, api_key: str
 
 
 # -- a webhook receiver ----------------------------------------------------------------------
-
-
-@dataclass
-class Hook:
-    """Loopback webhook receiver; answers 500 to the first ``fail_first`` POSTs."""
-
-    fail_first: int = 0
-    attempts: int = 0
-    received: list[dict[str, Any]] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hook?token=abc"
-
-    def start(self) -> Hook:
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                with hook._cond:
-                    hook.attempts += 1
-                    ok = hook.attempts > hook.fail_first
-                    if ok:
-                        hook.received.append(json.loads(body))
-                    hook._cond.notify_all()
-                self.send_response(200 if ok else 500)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def wait(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        with self._cond:
-            assert self._cond.wait_for(lambda: len(self.received) >= count, timeout), (
-                f"{len(self.received)} webhooks, wanted {count}"
-            )
-            return list(self.received)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 @pytest.fixture

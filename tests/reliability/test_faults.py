@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import workflows
 from comfyui_runpod.handler import make_handler
-from httpkit import fetch
-from reliability_kit import API_KEY, Dropper, Hook, pixel
+from httpkit import Hook, fetch
+from reliability_kit import API_KEY, Dropper, pixel
 from s3server import S3Proxy, bucket_contract, closed_port_url
 
 WHITE = (255, 255, 255)
@@ -262,7 +262,7 @@ def test_20_rapid_cancels_through_the_handler(pipeline_for):
 
 def test_client_hanging_up_during_runsync_the_job_completes(serve_factory):
     running = serve_factory()
-    hook = Hook()
+    hook = Hook().start()
     try:
         body = json.dumps(
             {"input": {"workflow": workflows.slow(steps=30, delay=0.01)}, "webhook": hook.url}
