@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import context as job_context
 from ..errors import JobError
+from . import checks
 from .boot import BootSettings, Comfy, boot
 from .outputs import OutputFile, collect
 from .progress import ProgressCallback, ProgressTracker
@@ -312,9 +313,8 @@ class Executor:
         self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]
     ) -> JobError | list[str]:
         """ComfyUI's own validation; returns the output nodes to run, or the error."""
-        refused = _unknown_node_types(prompt, comfy.nodes.NODE_CLASS_MAPPINGS) or _escaping_files(
-            prompt, comfy.nodes.NODE_CLASS_MAPPINGS
-        )
+        known = comfy.nodes.NODE_CLASS_MAPPINGS
+        refused = checks.unknown_node_types(prompt, known) or checks.escaping_files(prompt, known)
         if refused:
             return refused
         replacer = getattr(comfy.server, "node_replace_manager", None)
@@ -332,8 +332,8 @@ class Executor:
         if ok:
             return list(good_outputs)
         # ComfyUI reports a cycle as a bare "Prompt outputs failed validation", naming nothing.
-        cycle = None if node_errors else _cycle_error(prompt)
-        return cycle or _validation_error(error, node_errors, prompt)
+        cycle = None if node_errors else checks.cycle_error(prompt)
+        return cycle or checks.validation_error(error, node_errors, prompt)
 
 
 def _quiet_web_ui_progress(execution: Any) -> None:
@@ -354,114 +354,6 @@ def _quiet_web_ui_progress(execution: Any) -> None:
             pass
 
     execution.WebUIProgressHandler = HeadlessProgressHandler
-
-
-#: At most this many nodes are named in an error line; ``details`` has them all.
-_MAX_NAMED = 10
-
-
-def _listing(items: list[str], sep: str = ", ") -> str:
-    more = len(items) - _MAX_NAMED
-    shown = sep.join(items[:_MAX_NAMED])
-    return f"{shown}{sep}and {more} more (see details)" if more > 0 else shown
-
-
-def _unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
-    """Name every unknown node type at once (ComfyUI stops at the first)."""
-    missing = {}
-    for node_id, node in prompt.items():
-        class_type = node.get("class_type") if isinstance(node, dict) else None
-        if not isinstance(class_type, str) or class_type not in known:
-            missing[str(node_id)] = class_type
-    if not missing:
-        return None
-    listed = _listing([f"node {node_id} ({ct!r})" for node_id, ct in missing.items()])
-    return JobError(
-        "validation_failed",
-        f"unknown node type in {listed}: install the custom nodes that provide "
-        "them on the worker, or fix class_type",
-        {"unknown_node_types": missing},
-    )
-
-
-def _escaping_files(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
-    """Refuse file inputs (``LoadImage.image`` & co) that point outside the job's inputs.
-
-    ComfyUI resolves ``../x``, absolute paths and ``x [output]`` annotations, which would let
-    one job read another job's inputs or outputs.
-    """
-    for node_id, node in prompt.items():
-        try:
-            spec = known[node["class_type"]].INPUT_TYPES()
-        except Exception:  # ComfyUI's validation reports broken nodes properly
-            continue
-        for group in ("required", "optional"):
-            for name, definition in (spec.get(group) or {}).items():
-                is_pair = isinstance(definition, (list, tuple)) and len(definition) > 1
-                options = definition[1] if is_pair else None
-                if not isinstance(options, dict) or not any(
-                    key == "upload" or key.endswith("_upload") for key in options
-                ):
-                    continue
-                value = node.get("inputs", {}).get(name)
-                if isinstance(value, str) and _outside_inputs(value):
-                    return JobError(
-                        "validation_failed",
-                        f"node {node_id} ({node['class_type']}): {name} {value!r} is outside "
-                        "the job's input files; use the plain name of a file sent in input.images",
-                    )
-    return None
-
-
-def _cycle_error(prompt: Mapping[str, Any]) -> JobError | None:
-    """Name the nodes of a link cycle (``node 2 → node 4 → node 2``), if there is one."""
-
-    def links(node_id: str) -> list[str]:
-        node = prompt.get(node_id)
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if not isinstance(inputs, dict):
-            return []
-        return [
-            v[0]
-            for v in inputs.values()
-            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in prompt
-        ]
-
-    state: dict[str, int] = {}  # 1: on the current path, 2: done
-    for root in prompt:
-        if root in state:
-            continue
-        path, stack = [root], [iter(links(root))]
-        state[root] = 1
-        while stack:  # iterative: a 10 000-node chain must not exhaust the stack
-            child = next(stack[-1], None)
-            if child is None:
-                state[path.pop()] = 2
-                stack.pop()
-            elif state.get(child) == 1:
-                cycle = [*path[path.index(child) :], child]
-                named = [f"node {n} ({prompt[n].get('class_type')})" for n in cycle]
-                return JobError(
-                    "validation_failed",
-                    f"the workflow has a cycle: {' -> '.join(named)}; a node cannot "
-                    "depend on its own output",
-                    {"cycle": cycle},
-                )
-            elif child not in state:
-                state[child] = 1
-                path.append(child)
-                stack.append(iter(links(child)))
-    return None
-
-
-def _outside_inputs(name: str) -> bool:
-    path = name.replace("\\", "/")
-    return (
-        path.startswith("/")
-        or ".." in path.split("/")
-        or bool(re.search(r"\[(output|temp)\]\s*$", path))
-        or bool(re.match(r"^[A-Za-z]:", path))
-    )
 
 
 def _extra_data(prompt_id: str) -> dict[str, Any]:
@@ -486,30 +378,6 @@ def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
             parts = inputs["filename_prefix"].replace("\\", "/").split("/")
             kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
             inputs["filename_prefix"] = "/".join([folder, *kept])
-
-
-def _validation_error(
-    error: Mapping[str, Any], node_errors: Mapping[str, Any], prompt: Mapping[str, Any]
-) -> JobError:
-    problems = []
-    detail: dict[str, Any] = {"node_errors": {}}
-    for node_id, info in (node_errors or {}).items():
-        class_type = info.get("class_type") or prompt.get(node_id, {}).get("class_type")
-        messages = []
-        for item in info.get("errors", []):
-            text = item.get("message", "")
-            if item.get("details"):
-                text = f"{text}: {item['details']}"
-            messages.append(text)
-        detail["node_errors"][node_id] = {"class_type": class_type, "errors": info.get("errors")}
-        problems.append(f"node {node_id} ({class_type}): {'; '.join(messages)}")
-    if not problems:
-        message = error.get("message", "invalid workflow")
-        if error.get("details"):
-            message = f"{message}: {error['details']}"
-        problems.append(message)
-    detail["error"] = dict(error or {})
-    return JobError("validation_failed", _listing(problems, "; "), detail)
 
 
 def _execution_error(
