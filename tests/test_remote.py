@@ -122,10 +122,15 @@ def seed_workflow(seed: int) -> dict:
 def test_fan_out_runs_one_job_per_seed_and_batches_the_images(
     executor: Executor, remote_env: str
 ) -> None:
+    events: list[dict] = []
     result = executor.run(
-        desktop(remote_node(seed_workflow(10), count=3)), executor.workspace("fan-out")
+        desktop(remote_node(seed_workflow(10), count=3)),
+        executor.workspace("fan-out"),
+        on_progress=events.append,
     )
     assert result.error is None, result.error
+    bar = [(e["step"], e["max"]) for e in events if e["event"] == "step" and e["node"] == "1"]
+    assert bar and bar[-1] == (300, 300)  # the remote jobs' percentages, summed
     assert sorted(levels(result)) == [10, 11, 12]
     assert levels(result) == [10, 11, 12]  # job order is kept
     ids = result.datas["4"]["ids"][0].split("\n")
