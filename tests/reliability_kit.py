@@ -4,7 +4,6 @@ modules are imported in importlib mode and cannot import a sibling module.)"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -15,84 +14,15 @@ import struct
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from comfyui_runpod.endpoint import Server, ServeSettings, make_app
-from comfyui_runpod.pipeline import Pipeline
-from httpkit import http
 from PIL import Image
 from s3server import TEST_ACCESS_ID, TEST_ACCESS_SECRET
 
 #: The API key of every server these tests start: a secret like the bucket keys.
 API_KEY = "rk-RELIABILITY-API-KEY-424242"
 SECRETS = (TEST_ACCESS_SECRET, TEST_ACCESS_ID, API_KEY)
-
-# -- HTTP --------------------------------------------------------------------------------------
-
-
-class ServeThread:
-    """``comfyui-runpod serve`` (the real aiohttp app) on a free loopback port, on its own
-    event-loop thread; every call carries the API key."""
-
-    def __init__(self, pipeline: Pipeline, **overrides: Any) -> None:
-        fast = {"webhook_retry_delay_s": 0.1, "sweep_interval_s": 0.05, "api_key": API_KEY}
-        self.settings = ServeSettings(host="127.0.0.1", port=0, **{**fast, **overrides})
-        self.pipeline = pipeline
-        self.default_media = pipeline.settings.media
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="serve", daemon=True)
-        self.thread.start()
-
-        async def boot() -> tuple[Server, str]:
-            server = Server(make_app(pipeline, self.settings), "127.0.0.1", 0)
-            return server, await server.start()
-
-        self.server, self.url = asyncio.run_coroutine_threadsafe(boot(), self.loop).result(10)
-
-    @property
-    def base(self) -> str:
-        return f"{self.url}/v2/{self.settings.endpoint_id}"
-
-    @property
-    def auth(self) -> dict[str, str]:
-        key = self.settings.api_key
-        return {"Authorization": f"Bearer {key}"} if key else {}
-
-    def use_media(self, **overrides: Any) -> None:
-        """This server's media settings for the next jobs (the server default plus these)."""
-        media = replace(self.default_media, **overrides) if overrides else self.default_media
-        self.pipeline.settings = replace(self.pipeline.settings, media=media)
-
-    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
-        headers = {**self.auth, **kwargs.pop("headers", {})}
-        return http(method, f"{self.base}/{path}", body, headers=headers, **kwargs)
-
-    def status(self, job_id: str) -> dict[str, Any]:
-        code, body = self.call("GET", f"status/{job_id}")
-        assert code == 200, body
-        return body
-
-    def wait(self, job_id: str, *states: str, timeout: float = 30.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while (body := self.status(job_id))["status"] not in states:
-            assert time.monotonic() < deadline, f"still {body['status']}, wanted {states}"
-            time.sleep(0.01)
-        return body
-
-    def health(self) -> dict[str, Any]:
-        code, body = self.call("GET", "health")
-        assert code == 200, body
-        return body
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
 
 # -- images --------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ shapes, a moto S3 server and a webhook receiver. One ComfyUI for the whole sessi
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -12,18 +11,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import workflows
 from comfyui_runpod.cli import main
-from comfyui_runpod.endpoint import Server, ServeSettings, make_app
-from comfyui_runpod.pipeline import Pipeline
 from httpkit import Hook, fetch, http
 from PIL import Image
 from s3server import TEST_ACCESS_SECRET, bucket_contract
+from servekit import ServeThread
 
 MiB = 1024 * 1024
 
@@ -31,66 +28,14 @@ MiB = 1024 * 1024
 # -- a server on a background thread ---------------------------------------------------------
 
 
-@dataclass
-class Running:
-    settings: ServeSettings
-    pipeline: Pipeline
-    loop: asyncio.AbstractEventLoop
-    thread: threading.Thread
-    server: Server
-    url: str
-
-    @property
-    def base(self) -> str:
-        return f"{self.url}/v2/{self.settings.endpoint_id}"
-
-    def call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
-        return http(method, f"{self.base}/{path}", body, **kwargs)
-
-    def status(self, job_id: str) -> dict[str, Any]:
-        code, body = self.call("GET", f"status/{job_id}")
-        assert code == 200, body
-        return body
-
-    def wait(self, job_id: str, *states: str, timeout: float = 15.0) -> dict[str, Any]:
-        """Poll ``status`` until the job is in one of ``states``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.status(job_id)
-            if body["status"] in states:
-                return body
-            assert time.monotonic() < deadline, f"still {body['status']}, wanted {states}"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-
 @pytest.fixture
-def serve(make_pipeline) -> Iterator[Callable[..., Running]]:
+def serve(make_pipeline) -> Iterator[Callable[..., ServeThread]]:
     """Start a server (``ServeSettings`` overrides as keywords); stopped after the test."""
-    started: list[Running] = []
+    started: list[ServeThread] = []
 
-    def start(**overrides: Any) -> Running:
-        fast = {"webhook_retry_delay_s": 0.1, "sweep_interval_s": 0.05}
-        settings = ServeSettings(host="127.0.0.1", port=0, **{**fast, **overrides})
-        pipeline = make_pipeline()
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="serve-test", daemon=True)
-        thread.start()
-
-        async def boot() -> tuple[Server, str]:
-            server = Server(make_app(pipeline, settings), settings.host, settings.port)
-            return server, await server.start()
-
-        server, url = asyncio.run_coroutine_threadsafe(boot(), loop).result(10)
-        running = Running(settings, pipeline, loop, thread, server, url)
-        started.append(running)
-        return running
+    def start(**overrides: Any) -> ServeThread:
+        started.append(ServeThread(make_pipeline(), **overrides))
+        return started[-1]
 
     yield start
     for running in started:
@@ -123,7 +68,7 @@ def job(workflow: dict[str, Any], **request: Any) -> dict[str, Any]:
     return {"input": {"workflow": workflow}, **request}
 
 
-def sdk_endpoint(running: Running, monkeypatch: pytest.MonkeyPatch, api_key: str = "unused"):
+def sdk_endpoint(running: ServeThread, monkeypatch: pytest.MonkeyPatch, api_key: str = "unused"):
     """The official client, unchanged, pointed at ``running`` the documented way."""
     monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", f"{running.url}/v2")
     import runpod
@@ -282,11 +227,11 @@ def test_ttl_expires_queued_and_running_jobs(serve, hook):
 
 def test_auth(serve, monkeypatch):
     running = serve(api_key="s3cret")
-    assert running.call("GET", "health")[0] == 401
+    assert running.call("GET", "health", authorized=False)[0] == 401
     code, body = running.call("GET", "health", headers={"Authorization": "Bearer nope"})
     assert code == 401 and "API key" in body["error"]
     assert running.call("GET", "health", headers={"Authorization": "Bearer s3cret"})[0] == 200
-    assert running.call("POST", "run", job(workflows.invert(1)))[0] == 401
+    assert running.call("POST", "run", job(workflows.invert(1)), authorized=False)[0] == 401
 
     with pytest.raises(RuntimeError, match="Unauthorized"):
         sdk_endpoint(running, monkeypatch, api_key="nope").health()

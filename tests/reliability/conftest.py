@@ -13,8 +13,9 @@ from comfyui_runpod.delivery import DeliverySettings
 from comfyui_runpod.executor import Executor
 from comfyui_runpod.media import MediaSettings
 from comfyui_runpod.pipeline import Pipeline, PipelineSettings
-from reliability_kit import ServeThread, Web
+from reliability_kit import API_KEY, Web
 from s3server import S3Server, closed_port_url
+from servekit import ServeThread
 
 
 @dataclass
@@ -52,7 +53,7 @@ def pipeline_for(executor: Executor, out_dir: Path) -> Callable[..., Pipeline]:
 @pytest.fixture(scope="module")
 def served(pipeline_for: Callable[..., Pipeline]) -> Iterator[ServeThread]:
     """One ``serve`` (with an API key) for the module; it stops itself afterwards."""
-    running = ServeThread(pipeline_for())
+    running = ServeThread(pipeline_for(), api_key=API_KEY)
     yield running
     running.stop()
 
@@ -77,7 +78,7 @@ def serve_factory(pipeline_for: Callable[..., Pipeline]) -> Iterator[Callable[..
     started: list[ServeThread] = []
 
     def start(**overrides: Any) -> ServeThread:
-        started.append(ServeThread(pipeline_for(), **overrides))
+        started.append(ServeThread(pipeline_for(), **{"api_key": API_KEY, **overrides}))
         return started[-1]
 
     yield start
