@@ -62,41 +62,6 @@ def invert_prompt(color: int, size: int = 64, prefix: str = "b") -> dict[str, An
     }
 
 
-def tiny_sd_prompt(ckpt: str, seed: int, steps: int = 2, size: int = 64) -> dict[str, Any]:
-    """The tiny SD1.5 model (tests/tinymodel.py): checkpoint → prompts → KSampler (``steps``)
-    → VAEDecode → SaveImage. A new seed per job re-runs sampler, decoder and saver; the
-    checkpoint and the text encodings stay cached, as on any warm worker."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
-        "5": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": size, "height": size, "batch_size": 1},
-        },
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed,
-                "steps": steps,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {
-            "class_type": "SaveImage",
-            "inputs": {"images": ["8", 0], "filename_prefix": "tiny"},
-        },
-    }
-
-
 # -- statistics and reports -------------------------------------------------------------------
 
 

@@ -34,18 +34,19 @@ from benchlib import (
     server_job,
     summarize,
     table,
-    tiny_sd_prompt,
     write_report,
 )
+
+sys.path.insert(0, str(ROOT / "tests"))
+try:  # the tests' tiny model and its workflow: one definition of each
+    from tinymodel import tiny_sd15_path
+    from workflows import tiny_sd
+finally:
+    sys.path.remove(str(ROOT / "tests"))
 
 
 def tiny_checkpoint() -> Path:
     """The tests' tiny SD1.5 checkpoint (built on first use; ComfyUI must be booted)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from tinymodel import tiny_sd15_path
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
     return tiny_sd15_path()
 
 
@@ -74,7 +75,7 @@ def measure(
     session: aiohttp.ClientSession | None = None
 
     def ours(seed: int) -> Callable[[], None]:
-        workflow = tiny_sd_prompt(checkpoint.name, seed, steps)
+        workflow = tiny_sd(checkpoint.name, seed=seed, steps=steps)
         job = {"id": f"p3-{seed}", "input": {"workflow": workflow}}
         result = loop.run_until_complete(pipeline.run(job))
         assert "error" not in result and len(result["files"]) == 1, result
@@ -82,7 +83,7 @@ def measure(
 
     def theirs(seed: int) -> Callable[[], None]:
         assert competitor is not None and session is not None
-        prompt = tiny_sd_prompt(checkpoint.name, seed, steps)
+        prompt = tiny_sd(checkpoint.name, seed=seed, steps=steps)
         outputs = loop.run_until_complete(server_job(session, competitor.base_url, prompt))
         files = output_files(outputs, competitor.output_dir)
         assert len(files) == 1, outputs
