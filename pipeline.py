@@ -22,7 +22,6 @@ from .executor import Executor, Workspace
 from .executor.progress import ProgressCallback
 from .job import parse_job
 from .media import MediaSettings, materialize
-from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +95,6 @@ class Pipeline:
             return self._finish(job_id, result, timings, started)
         except JobError as exc:
             return self._finish(job_id, exc.to_result(), timings, started)
-        except StorageError as exc:
-            error = JobError(exc.code, str(exc).removeprefix(f"{exc.code}: "))
-            return self._finish(job_id, error.to_result(), timings, started)
         except Exception as exc:  # a bug or a broken machine (disk full): still a coded line
             log.exception("job %s: internal error", job_id)
             error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
