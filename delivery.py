@@ -10,7 +10,6 @@ error's ``details.kept_files`` says where: a paid-for output is never thrown awa
 from __future__ import annotations
 
 import base64
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import JobError
-from .executor import OutputFile
+from .executor import OutputFile, plain_name
 from .job import JobRequest
 from .storage import UploadedFile, UploadError, content_type_for, upload_files
 
 #: RunPod's payload limits for a job's result.
 RUN_LIMIT = 10 * 1024 * 1024
 RUNSYNC_LIMIT = 20 * 1024 * 1024
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ def local_folder(settings: DeliverySettings, job_id: str) -> Path:
     """The job's folder under ``local_dir``: a job id such as ``../x`` or ``/x`` (``run``
     takes ids from job files) must not place files elsewhere. RunPod's and ``serve``'s ids
     are already plain, so they map to themselves."""
-    return settings.local_dir / (_UNSAFE.sub("_", job_id).strip("._") or "job")
+    return settings.local_dir / (plain_name(job_id) or "job")
 
 
 def _keep(files: Sequence[OutputFile], names: Sequence[str], target: Path) -> list[str]:

@@ -3,7 +3,7 @@
 from .boot import BootSettings, Comfy
 from .locate import PINNED_VERSION, ComfyLocation, ComfyUINotFound, find_comfyui
 from .outputs import OutputFile
-from .runner import Executor, RunHandle, RunResult, Workspace
+from .runner import Executor, RunHandle, RunResult, Workspace, plain_name
 
 __all__ = [
     "PINNED_VERSION",
@@ -17,4 +17,5 @@ __all__ = [
     "RunResult",
     "Workspace",
     "find_comfyui",
+    "plain_name",
 ]

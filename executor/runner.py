@@ -32,6 +32,13 @@ from .progress import ProgressCallback, ProgressTracker
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def plain_name(job_id: str) -> str:
+    """``job_id`` as a single safe folder name (no separators, no leading dots); may be ''."""
+    return _UNSAFE.sub("_", job_id).strip("._")
+
+
 _UNHEALTHY_MARKERS = ("CUDA error", "device-side assert", "CUBLAS_STATUS", "cuDNN error")
 
 
@@ -143,7 +150,7 @@ class Executor:
     def workspace(self, job_id: str) -> Workspace:
         """Name the run's folders; whoever writes inputs creates ``input_dir``."""
         comfy = self.start()
-        name = f"{_UNSAFE.sub('_', job_id).strip('._')[:64]}-{uuid.uuid4().hex[:8]}"
+        name = f"{plain_name(job_id)[:64]}-{uuid.uuid4().hex[:8]}"
         # Nothing is created here: most jobs bring no input files and need no folder.
         return Workspace(name, comfy.job_inputs / name, comfy.output_dir / name)
 
