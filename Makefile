@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
-# torch and torchvision must be installed as a matching pair (see docs/development.md).
+# torch and torchvision must be installed as a matching pair: a torchvision built for
+# another torch fails to import ("operator torchvision::nms does not exist").
 ifeq ($(shell uname -m),aarch64)
 TORCH := torch==2.9.1 torchvision==0.24.1
 else

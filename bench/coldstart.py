@@ -46,8 +46,8 @@ from benchlib import (
 def child() -> None:
     """The ``ours_script`` process: boot, one job, one JSON line on stdout, exit."""
     from benchlib import boot_executor
-    from comfyui_runpod.delivery import DeliverySettings
-    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+    from comfyui_runpod.executor.delivery import DeliverySettings
+    from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
     work = Path(tempfile.mkdtemp(prefix="bench-p2-child-"))
     try:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import RESULTS, free_port, table, write_report
-from comfyui_runpod.delivery import DeliverySettings
-from comfyui_runpod.storage import BucketConfig, upload_files
+from comfyui_runpod.executor.delivery import DeliverySettings
+from comfyui_runpod.nodes.storage import BucketConfig, upload_files
 
 
 def measure(

@@ -61,8 +61,8 @@ def measure(
 ) -> dict[str, Any]:
     """Interleaved warm jobs on a booted ``executor``; ``server=False``: ours only."""
     import utils.extra_config
-    from comfyui_runpod.delivery import DeliverySettings
-    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+    from comfyui_runpod.executor.delivery import DeliverySettings
+    from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
     folder = Path(tempfile.mkdtemp(prefix="bench-p3-"))
     yaml_path = checkpoint_yaml(folder, checkpoint.parent)

@@ -56,8 +56,8 @@ def measure(
     ``server=False`` leaves out the two ``c_*`` contenders (no child process).
     """
     import execution
-    from comfyui_runpod.delivery import DeliverySettings
-    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+    from comfyui_runpod.executor.delivery import DeliverySettings
+    from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
     comfy = executor.comfy
     local_dir = Path(tempfile.mkdtemp(prefix="bench-p1-out-"))

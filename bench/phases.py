@@ -85,9 +85,9 @@ def measure(executor: Any, *, jobs: int = 1000, warmup: int = 20) -> dict[str, A
     Leaves the wrapped functions in place: run it in a process of its own.
     """
     import execution
-    from comfyui_runpod import pipeline as pipeline_module
-    from comfyui_runpod.delivery import DeliverySettings
+    from comfyui_runpod.executor import pipeline as pipeline_module
     from comfyui_runpod.executor import runner
+    from comfyui_runpod.executor.delivery import DeliverySettings
 
     stamps: dict[str, float] = {}
     _stamp(pipeline_module, "parse_job", "parse", stamps)

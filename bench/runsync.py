@@ -28,9 +28,9 @@ from benchlib import RESULTS, boot_executor, invert_prompt, summarize, table, wr
 
 def measure(executor: Any, *, rounds: int = 200, warmup: int = 10) -> dict[str, Any]:
     """Interleaved rounds on a booted ``executor``; returns the report dict."""
-    from comfyui_runpod.delivery import DeliverySettings
-    from comfyui_runpod.endpoint import Server, ServeSettings, make_app
-    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+    from comfyui_runpod.executor.delivery import DeliverySettings
+    from comfyui_runpod.executor.endpoint import Server, ServeSettings, make_app
+    from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
     folder = Path(tempfile.mkdtemp(prefix="bench-p6-"))
 

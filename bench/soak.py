@@ -31,8 +31,8 @@ MB = 1024 * 1024
 
 def measure(executor: Any, *, jobs: int = 500, every: int = 100, warmup: int = 20) -> dict:
     """Run ``warmup + jobs`` jobs on a booted ``executor``; returns the report dict."""
-    from comfyui_runpod.delivery import DeliverySettings
-    from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+    from comfyui_runpod.executor.delivery import DeliverySettings
+    from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
     process = psutil.Process()
     work_dir = executor.settings.work_dir.resolve()

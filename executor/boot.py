@@ -1,6 +1,6 @@
 """Boot a real ComfyUI inside this process — no HTTP server, no websocket.
 
-Order matters and follows ComfyUI's own ``main.py`` (see ../shared/comfyui-notes.md):
+Order matters and follows ComfyUI's own ``main.py``:
 CLI args before ``comfy.model_management`` is imported, ``utils.extra_config`` before
 ``nodes``, the server stand-in installed before custom nodes load.
 """
@@ -188,7 +188,7 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
 
 def _register_own_nodes(nodes: ModuleType) -> None:
     """Make this pack's nodes available even when it is not in ``custom_nodes/``."""
-    from .. import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from ..nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
     for name, cls in NODE_CLASS_MAPPINGS.items():
         nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)

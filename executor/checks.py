@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import JobError
+from .errors import JobError
 
 #: At most this many nodes are named in an error line; ``details`` has them all.
 _MAX_NAMED = 10

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import context as job_context
-from ..errors import JobError
+from ..nodes import jobcontext
 from . import checks
 from .boot import BootSettings, Comfy, boot
+from .errors import JobError
 from .outputs import OutputFile, collect
 from .progress import ProgressCallback, ProgressTracker
 
@@ -99,7 +99,7 @@ class _Request:
     workspace: Workspace
     on_progress: ProgressCallback | None
     handle: RunHandle
-    context: job_context.JobContext | None
+    context: jobcontext.JobContext | None
 
 
 class Executor:
@@ -161,7 +161,7 @@ class Executor:
         *,
         on_progress: ProgressCallback | None = None,
         timeout_s: float | None = None,
-        context: job_context.JobContext | None = None,
+        context: jobcontext.JobContext | None = None,
     ) -> RunHandle:
         """Queue a prompt; ``context`` is what the pack's nodes see as the running job."""
         self.start()
@@ -289,7 +289,7 @@ class Executor:
                 result.error = _interrupted(handle, None)
                 return result
             executed_at = time.perf_counter()
-            with job_context.active(request.context):
+            with jobcontext.active(request.context):
                 await self._prompt_executor.execute_async(
                     prompt, prompt_id, _extra_data(prompt_id), error
                 )

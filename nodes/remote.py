@@ -15,10 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .. import context as job_context
-from .. import userconfig
-from ..client import RunPodClient, RunPodError
+from . import jobcontext, userconfig
 from .imaging import encode_image
+from .runpod_api import RunPodClient, RunPodError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def load_workflow(text: str) -> dict[str, Any]:
     if not text:
         raise ValueError("workflow is empty: paste API-format JSON or give a .json path")
     if not text.startswith("{"):
-        if job_context.current() is not None:  # a worker must not read its own disk for a job
+        if jobcontext.current() is not None:  # a worker must not read its own disk for a job
             raise ValueError("inside a RunPod job the workflow must be JSON text, not a path")
         path = Path(text).expanduser()
         if not path.is_file():

@@ -15,10 +15,9 @@ import wave
 from pathlib import Path
 from typing import Any
 
-from .. import context as job_context
-from .. import userconfig
-from ..storage import UploadedFile, upload_files
+from . import jobcontext, userconfig
 from .imaging import FORMATS, encode_image
+from .storage import UploadedFile, upload_files
 
 
 class S3Upload:
@@ -71,7 +70,7 @@ class S3Upload:
         audio: Any = None,
         file_path: str = "",
     ) -> dict[str, Any]:
-        job = job_context.current()
+        job = jobcontext.current()
         bucket = job.bucket if job is not None else userconfig.desktop_bucket()
         if bucket is None:
             raise RuntimeError(
@@ -131,7 +130,7 @@ def _encode_audio(audio: Any) -> list[bytes]:
     return encoded
 
 
-def _allowed_file(file_path: str, job: job_context.JobContext | None) -> Path:
+def _allowed_file(file_path: str, job: jobcontext.JobContext | None) -> Path:
     """Only files the workflow wrote: the job's output folder, or ComfyUI's output folder.
 
     Otherwise a shared workflow could upload any file the worker can read.

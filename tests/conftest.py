@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfyui_runpod.delivery import DeliverySettings
 from comfyui_runpod.executor import BootSettings, Executor
-from comfyui_runpod.media import MediaSettings
-from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+from comfyui_runpod.executor.delivery import DeliverySettings
+from comfyui_runpod.executor.inputs import MediaSettings
+from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
 pytest_plugins = ["s3server"]
 

@@ -9,8 +9,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from comfyui_runpod.endpoint import Server, ServeSettings, make_app
-from comfyui_runpod.pipeline import Pipeline
+from comfyui_runpod.executor.endpoint import Server, ServeSettings, make_app
+from comfyui_runpod.executor.pipeline import Pipeline
 from httpkit import http
 
 

@@ -21,11 +21,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from comfyui_runpod import handler
-from comfyui_runpod.cli import _parser
+from comfyui_runpod.executor import worker as handler
+from comfyui_runpod.executor.cli import _parser
 from comfyui_runpod.executor.locate import PINNED_VERSION
 from comfyui_runpod.executor.provision import GIT_URL
-from comfyui_runpod.storage import _ENV_KEYS
+from comfyui_runpod.nodes.storage import _ENV_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

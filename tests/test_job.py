@@ -6,8 +6,8 @@ import json
 
 import pytest
 import workflows
-from comfyui_runpod.errors import JobError
-from comfyui_runpod.job import parse_job
+from comfyui_runpod.executor.errors import JobError
+from comfyui_runpod.executor.request import parse_job
 from s3server import TEST_ACCESS_SECRET, bucket_contract
 
 WF = workflows.invert(0)

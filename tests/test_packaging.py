@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_importing_the_package_does_not_import_comfyui() -> None:
-    code = "import sys, comfyui_runpod, comfyui_runpod.cli; print(sorted(sys.modules))"
+    code = "import sys, comfyui_runpod, comfyui_runpod.executor.cli; print(sorted(sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(done.stdout.replace("'", '"')))
     assert "comfyui_runpod" in loaded

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import workflows
-from comfyui_runpod.cli import main
+from comfyui_runpod.executor.cli import main
 from httpkit import Hook, fetch, http
 from PIL import Image
 from s3server import TEST_ACCESS_SECRET, bucket_contract

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from comfyui_runpod.storage import (
+from comfyui_runpod.nodes.storage import (
     MAX_URL_EXPIRY_S,
     BucketConfig,
     StorageConfigError,

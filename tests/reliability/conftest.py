@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfyui_runpod.delivery import DeliverySettings
 from comfyui_runpod.executor import Executor
-from comfyui_runpod.media import MediaSettings
-from comfyui_runpod.pipeline import Pipeline, PipelineSettings
+from comfyui_runpod.executor.delivery import DeliverySettings
+from comfyui_runpod.executor.inputs import MediaSettings
+from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 from reliability_kit import API_KEY, Web
 from s3server import S3Server, closed_port_url
 from servekit import ServeThread

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import workflows
-from comfyui_runpod.handler import make_handler
+from comfyui_runpod.executor.worker import make_handler
 from httpkit import fetch
 from PIL import Image
 from reliability_kit import API_KEY, assert_no_secrets, b64, pixel, png_bytes, png_text

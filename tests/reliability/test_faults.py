@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import workflows
-from comfyui_runpod.handler import make_handler
+from comfyui_runpod.executor.worker import make_handler
 from httpkit import Hook, fetch
 from reliability_kit import API_KEY, Dropper, pixel
 from s3server import S3Proxy, bucket_contract, closed_port_url
@@ -197,7 +197,7 @@ def test_out_of_memory_frees_the_models_and_the_worker_goes_on(
 
 
 def test_a_full_disk_is_an_internal_error_and_the_worker_goes_on(pipeline_for, monkeypatch):
-    from comfyui_runpod import pipeline as pipeline_module
+    from comfyui_runpod.executor import pipeline as pipeline_module
 
     def disk_full(*args: Any) -> None:
         raise OSError(28, "No space left on device")

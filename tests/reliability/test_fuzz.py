@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 import workflows
-from comfyui_runpod.errors import CODES, JobError
-from comfyui_runpod.job import JobRequest, parse_job
+from comfyui_runpod.executor.errors import CODES, JobError
+from comfyui_runpod.executor.request import JobRequest, parse_job
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from reliability_kit import b64, png_bytes

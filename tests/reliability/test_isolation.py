@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import workflows
 from comfyui_runpod.executor import Workspace
-from comfyui_runpod.handler import make_handler
+from comfyui_runpod.executor.worker import make_handler
 from httpkit import fetch
 from reliability_kit import (
     API_KEY,

@@ -1,8 +1,8 @@
 """Parse a RunPod job into a :class:`JobRequest`, or fail with a clear ``invalid_input``.
 
-Accepts the contract in ../shared/design.md: ``input.workflow`` (object or JSON string,
-API format), ``tobase64``, ``tobucket``, ``images``/``files``, request-level ``s3Config``
-and ``policy``. Nothing here touches ComfyUI, the network or the disk.
+Accepts the contract in README.md ("The job contract"): ``input.workflow`` (object or
+JSON string, API format), ``tobase64``, ``tobucket``, ``images``/``files``, request-level
+``s3Config`` and ``policy``. Nothing here touches ComfyUI, the network or the disk.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
 from .errors import JobError
-from .storage import BucketConfig, StorageError, resolve_bucket
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .context import JobContext
+from ..nodes.jobcontext import JobContext
 from .delivery import DeliverySettings, deliver
 from .errors import JobError
-from .executor import Executor, Workspace
-from .executor.progress import ProgressCallback
-from .job import parse_job
-from .media import MediaSettings, materialize
+from .inputs import MediaSettings, materialize
+from .progress import ProgressCallback
+from .request import parse_job
+from .runner import Executor, Workspace
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JobError
-from .job import InputMedia
+from .request import InputMedia
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .executor import BootSettings, Executor
-from .executor.locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+from .boot import BootSettings
+from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+from .runner import Executor
 
 log = logging.getLogger("comfyui_runpod")
 
@@ -249,7 +250,7 @@ def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
-    from . import handler
+    from . import worker
     from .pipeline import default_local_dir
 
     # The SDK logs whole jobs (and their S3 keys) at its default DEBUG level.
@@ -260,9 +261,9 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
             os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
     pipeline = _pipeline(args, default_local_dir())
     if args.warmup:
-        handler.warm_up(pipeline, Path(args.warmup))
+        worker.warm_up(pipeline, Path(args.warmup))
     sys.argv = [sys.argv[0], *rest]  # runpod parses its own --rp_* / --test_input flags
-    handler.start(pipeline)
+    worker.start(pipeline)
     return 0
 
 
@@ -292,7 +293,7 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:
-    from .executor.provision import install
+    from .provision import install
 
     path = install(args.version, args.dir, args.source, args.force)
     print(path)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..nodes.storage import UploadedFile, UploadError, content_type_for, upload_files
 from .errors import JobError
-from .executor import OutputFile, plain_name
-from .job import JobRequest
-from .storage import UploadedFile, UploadError, content_type_for, upload_files
+from .outputs import OutputFile
+from .request import JobRequest
+from .runner import plain_name
 
 #: RunPod's payload limits for a job's result.
 RUN_LIMIT = 10 * 1024 * 1024

@@ -2,7 +2,7 @@
 
 ComfyUI boots once at worker start, not per job. The handler is ``async`` on purpose:
 runpod runs sync handlers on its own event-loop thread, where they block the loop and
-cannot be cancelled (see ../shared/comfyui-notes.md).
+cannot be cancelled (runpod 1.12, ``rp_job.py``).
 """
 
 from __future__ import annotations

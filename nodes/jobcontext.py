@@ -1,14 +1,16 @@
 """The running job, as the pack's nodes see it inside the worker.
 
-The job pipeline hands a :class:`JobContext` to the executor, which makes it current on
-its thread for the duration of the prompt. Credentials travel here, never through
-workflow widgets (those are saved into every PNG and shared workflow).
+The job pipeline hands a :class:`JobContext` to the executor, which makes it current for
+the duration of the prompt (in the prompt's task, so async nodes and the tasks they start
+see it too). Credentials travel here, never through workflow widgets (those are saved
+into every PNG and shared workflow).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,19 +29,20 @@ class JobContext:
     uploads: list[UploadedFile] = field(default_factory=list)
 
 
-_current: JobContext | None = None
+#: ComfyUI's own pattern for "what is executing" (``comfy_execution.utils``): a context
+#: variable, so the job is the one of this thread / task, never a process global.
+_current: ContextVar[JobContext | None] = ContextVar("comfyui_runpod_job", default=None)
 
 
 def current() -> JobContext | None:
     """The job being executed, or None on the desktop / outside a job."""
-    return _current
+    return _current.get()
 
 
 @contextmanager
 def active(context: JobContext | None) -> Iterator[None]:
-    global _current
-    previous, _current = _current, context
+    token = _current.set(context)
     try:
         yield
     finally:
-        _current = previous
+        _current.reset(token)
