@@ -3,6 +3,10 @@
 The thread owns ComfyUI (and its event loop, which async nodes need), so callers may be
 sync (``run``) or async (``run_async``) and never block each other's event loops.
 Cancel and deadlines both use ComfyUI's own interrupt; the next prompt runs normally.
+
+One prompt at a time is the invariant everything here rests on: ComfyUI keeps its
+folders, progress hook and server stand-in in process globals, and each run sets them
+for itself and resets them afterwards.
 """
 
 from __future__ import annotations
@@ -72,7 +76,12 @@ class RunResult:
 
 
 class RunHandle:
-    """A submitted prompt: its future result, and a way to cancel it."""
+    """A submitted prompt: its future result, and a way to cancel it.
+
+    ``future`` settles only once the executor thread is done with the prompt (finished,
+    failed, interrupted or never started), so whoever owns its folders cleans them up
+    after that, never while a node may still be writing there.
+    """
 
     def __init__(self, executor: Executor, timeout_s: float | None) -> None:
         self.future: concurrent.futures.Future[RunResult] = concurrent.futures.Future()
@@ -88,6 +97,14 @@ class RunHandle:
         self.cancelled = True
         self._executor._interrupt_if_running(self)
 
+    async def wait(self) -> RunResult:
+        """The result; cancelling the awaiting task interrupts ComfyUI, then re-raises."""
+        try:
+            return await asyncio.shield(asyncio.wrap_future(self.future))
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+
     def _expire(self) -> None:
         self.timed_out = True
         self._executor._interrupt_if_running(self)
@@ -102,8 +119,22 @@ class _Request:
     context: jobcontext.JobContext | None
 
 
+class ExecutorClosed(RuntimeError):
+    """The executor was closed; ComfyUI boots once per process, so it cannot restart."""
+
+
 class Executor:
-    """Owns one in-process ComfyUI. Boot once (``start``), then ``run`` many prompts."""
+    """Owns one in-process ComfyUI: boot once, run many prompts, close once.
+
+    ComfyUI's state is process-global, so an executor is one-shot: ``start`` boots (and
+    is idempotent), ``close`` interrupts the running prompt, cancels the queued ones
+    without running them and stops the thread; ``start`` or ``submit`` afterwards raise
+    :class:`ExecutorClosed`. Use it as a context manager::
+
+        with Executor(BootSettings(work_dir=Path("work"))) as executor:
+            workspace = executor.workspace("job-1")
+            result = executor.run(prompt, workspace)
+    """
 
     def __init__(self, settings: BootSettings) -> None:
         self.settings = settings
@@ -113,16 +144,30 @@ class Executor:
         self._boot_error: BaseException | None = None
         self._booted = threading.Event()
         self._current: RunHandle | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _current (the interrupt target)
+        self._life = threading.Lock()  # guards _thread and _closed
+        self._closed = False
         self._tracker: ProgressTracker | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def __enter__(self) -> Executor:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def start(self) -> Comfy:
         """Boot ComfyUI on the executor thread (idempotent); raise if it cannot boot."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name="comfyui-executor", daemon=True)
-            self._thread.start()
+        with self._life:
+            if self._closed:
+                raise ExecutorClosed("the executor is closed; start a new process to reboot")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._main, name="comfyui-executor", daemon=True
+                )
+                self._thread.start()
         self._booted.wait()
         if self._boot_error is not None:
             raise self._boot_error
@@ -134,16 +179,23 @@ class Executor:
         return self.start()
 
     def close(self) -> None:
-        """Interrupt the running prompt, drop the queue, and stop the thread."""
-        if self._thread is None:
-            return
+        """Cancel queued prompts, interrupt the running one, and stop the thread."""
+        with self._life:
+            if self._closed:
+                return
+            self._closed = True
+            thread = self._thread
+        _cancel_queued(self._queue)
         with self._lock:
             current = self._current
         if current is not None:
             current.cancel()  # takes the lock itself
+        if thread is None:
+            return
         self._queue.put(None)
-        self._thread.join(timeout=60)
-        self._thread = None
+        thread.join(timeout=60)
+        if thread.is_alive():
+            log.warning("the executor thread is still running a node that ignores interrupts")
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -168,6 +220,8 @@ class Executor:
         handle = RunHandle(self, timeout_s)
         prompt = copy.deepcopy(dict(prompt))
         self._queue.put(_Request(prompt, workspace, on_progress, handle, context))
+        if self._closed:  # closed meanwhile: the thread may never read the queue again
+            _cancel_queued(self._queue)
         return handle
 
     def run(self, prompt: Mapping[str, Any], workspace: Workspace, **kwargs: Any) -> RunResult:
@@ -177,12 +231,7 @@ class Executor:
         self, prompt: Mapping[str, Any], workspace: Workspace, **kwargs: Any
     ) -> RunResult:
         """Like ``run``; cancelling the awaiting task interrupts ComfyUI, then re-raises."""
-        handle = self.submit(prompt, workspace, **kwargs)
-        try:
-            return await asyncio.shield(asyncio.wrap_future(handle.future))
-        except asyncio.CancelledError:
-            handle.cancel()
-            raise
+        return await self.submit(prompt, workspace, **kwargs).wait()
 
     def _interrupt_if_running(self, handle: RunHandle) -> None:
         with self._lock:
@@ -217,6 +266,7 @@ class Executor:
                 log.exception("internal error while running a prompt")
                 result = _failed("internal_error", f"{type(exc).__name__}: {exc}")
             handle.future.set_result(result)
+        _cancel_queued(self._queue)
         loop.close()
 
     def _make_prompt_executor(self, comfy: Comfy) -> Any:
@@ -279,6 +329,9 @@ class Executor:
             handle._timer.start()
         with self._lock:
             self._current = handle
+        # This run's ui outputs; stays None unless it executed (the executor's
+        # ``history_result`` still holds the previous run's until then).
+        ui_outputs: dict[str, Any] | None = None
         try:
             error = await self._validate(comfy, prompt_id, prompt)
             result.timings["validate_s"] = time.perf_counter() - started
@@ -294,14 +347,13 @@ class Executor:
                     prompt, prompt_id, _extra_data(prompt_id), error
                 )
             result.timings["execute_s"] = time.perf_counter() - executed_at
+            ui_outputs = self._prompt_executor.history_result.get("outputs", {})
             result.error, result.unhealthy = _execution_error(
                 self._prompt_executor.status_messages, prompt, handle
             )
             if result.error is None:
                 result.files, result.datas = collect(
-                    self._prompt_executor.history_result.get("outputs", {}),
-                    prompt.keys(),
-                    comfy.folder_paths.get_directory_by_type,
+                    ui_outputs, prompt.keys(), comfy.folder_paths.get_directory_by_type
                 )
             if result.error is not None and result.error.code == "out_of_memory":
                 comfy.model_management.soft_empty_cache()
@@ -314,7 +366,8 @@ class Executor:
             comfy.nodes.interrupt_processing(False)
             comfy.server.listener, self._tracker = None, None
             comfy.folder_paths.set_input_directory(str(comfy.empty_input))
-            _remove_temp_files(self._prompt_executor, comfy)
+            if ui_outputs:
+                _remove_temp_files(ui_outputs, comfy.temp_dir)
 
     async def _validate(
         self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]
@@ -425,11 +478,28 @@ def _failed(code: str, message: str) -> RunResult:
     return RunResult(prompt_id="", error=JobError(code, message))
 
 
-def _remove_temp_files(prompt_executor: Any, comfy: Comfy) -> None:
-    """Previews are not outputs: delete those this prompt wrote."""
-    history = getattr(prompt_executor, "history_result", None) or {}
-    temp_root = comfy.temp_dir  # resolved at boot
-    for ui in history.get("outputs", {}).values():
+def _cancel_queued(requests: queue.Queue[_Request | None]) -> None:
+    """Settle every queued prompt as cancelled, without running it (a stop marker met
+    on the way goes back, for the thread to stop on)."""
+    stop = False
+    while True:
+        try:
+            request = requests.get_nowait()
+        except queue.Empty:
+            break
+        if request is None:
+            stop = True
+        elif not request.handle.future.done():
+            result = _failed("cancelled", "the executor closed before the job started")
+            request.handle.future.set_result(result)
+    if stop:
+        requests.put(None)
+
+
+def _remove_temp_files(ui_outputs: Mapping[str, Any], temp_root: Path) -> None:
+    """Previews are not outputs: delete those this prompt wrote (``temp_root`` is
+    resolved at boot)."""
+    for ui in ui_outputs.values():
         for value in (ui or {}).values():
             if not isinstance(value, list):
                 continue

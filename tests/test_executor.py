@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -260,3 +264,98 @@ def test_file_inputs_cannot_leave_the_job_inputs(executor: Executor, name: str) 
     result = executor.run(workflows.load_and_save(name), executor.workspace("escape"))
     assert result.error is not None and result.error.code == "validation_failed"
     assert "outside the job's input files" in result.error.message
+
+
+def test_a_validation_failure_leaves_the_previous_runs_files_alone(executor: Executor) -> None:
+    """Cleanup reads only what the current run produced: a job that fails validation
+    must not act on the previous job's outputs (ComfyUI still holds them)."""
+    prompt = workflows.invert(0)
+    prompt["4"] = {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    assert executor.run(prompt, executor.workspace("preview-first")).error is None
+    previous = executor._prompt_executor.history_result["outputs"]["4"]["images"][0]
+    temp_file = executor.comfy.temp_dir / previous["subfolder"] / previous["filename"]
+    assert not temp_file.exists()  # the first run removed its own preview
+    temp_file.write_bytes(b"a file that is not this job's")
+    broken = workflows.invert(0)
+    broken["2"]["inputs"]["image"] = ["9", 0]  # no node 9: fails validation
+    result = executor.run(broken, executor.workspace("invalid-second"))
+    assert result.error is not None and result.error.code == "validation_failed"
+    assert temp_file.exists()
+    temp_file.unlink()
+
+
+def test_the_job_context_belongs_to_its_own_thread() -> None:
+    """Two jobs' contexts never mix: each thread sees the context it made current."""
+    from comfyui_runpod.nodes import jobcontext
+
+    barrier = threading.Barrier(2)
+    seen: dict[str, str | None] = {}
+
+    def job(name: str) -> None:
+        with jobcontext.active(jobcontext.JobContext(name)):
+            barrier.wait()  # both contexts are now active at once
+            current = jobcontext.current()
+            seen[name] = current.job_id if current else None
+            barrier.wait()  # neither leaves (and restores) before both have looked
+
+    threads = [threading.Thread(target=job, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert seen == {"a": "a", "b": "b"}
+    assert jobcontext.current() is None
+
+
+def test_closed_executor_cancels_its_queue_and_cannot_restart(tmp_path: Path) -> None:
+    """``close`` cancels queued prompts without running them and the executor is one-shot.
+    A process of its own: closing the session's executor would end every other test."""
+    script = textwrap.dedent(
+        """
+        import json, sys, threading
+        from pathlib import Path
+        sys.path.insert(0, sys.argv[2])
+        import workflows
+        from comfyui_runpod.executor import BootSettings, Executor
+        from comfyui_runpod.executor.runner import ExecutorClosed
+
+        work = Path(sys.argv[1])
+        custom = (Path(sys.argv[2]) / "custom_nodes",)
+        with Executor(BootSettings(work, cpu=True, custom_node_dirs=custom)) as executor:
+            started = threading.Event()
+            running = executor.submit(
+                workflows.slow(200, 0.05), executor.workspace("running"),
+                on_progress=lambda event: started.set(),
+            )
+            queued = [executor.submit(workflows.invert(i), executor.workspace(f"q{i}"))
+                      for i in range(3)]
+            started.wait(30)
+        outputs = Path(work, "output")
+        report = {
+            "running": running.future.result(5).error.code,
+            "queued": [q.future.result(5).error.code for q in queued],
+            "queued_files": sorted(p.name for p in outputs.rglob("inv_*")),
+        }
+        for call in (executor.start, lambda: executor.submit({}, None)):
+            try:
+                call()
+                report.setdefault("restart", []).append("started")
+            except ExecutorClosed as exc:
+                report.setdefault("restart", []).append(str(exc))
+        print(json.dumps(report))
+        """
+    )
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), str(tests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["running"] == "cancelled"
+    assert report["queued"] == ["cancelled"] * 3
+    assert report["queued_files"] == []
+    assert len(report["restart"]) == 2
+    assert all("closed" in line for line in report["restart"])
