@@ -15,6 +15,7 @@ from typing import Any
 
 from .boot import BootSettings
 from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+from .request import job_from_document
 from .runner import Executor
 
 log = logging.getLogger("comfyui_runpod")
@@ -228,9 +229,8 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
-    document = json.loads(args.workflow.read_text(encoding="utf-8"))
-    job: dict[str, Any] = document if "input" in document else {"input": {"workflow": document}}
-    job = {**job, "id": job.get("id") or f"run-{uuid.uuid4().hex[:12]}"}
+    job = dict(job_from_document(json.loads(args.workflow.read_text(encoding="utf-8"))))
+    job["id"] = job.get("id") or f"run-{uuid.uuid4().hex[:12]}"
     images = list(job["input"].get("images") or [])
     for spec in args.image:
         name, sep, path = spec.partition("=")

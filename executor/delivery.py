@@ -1,10 +1,11 @@
-"""Deliver a job's output files: to a bucket, as base64, or to a local folder.
+"""Deliver a job's output files to the destination its request resolved: a bucket, base64,
+or a local folder (paths, the original worker's behaviour).
 
-Bucket wins when one applies (``tobucket`` > ``s3Config`` > env); base64 only when asked
-and no bucket applies; otherwise files are moved to a local folder and returned as paths
-(the original worker's behaviour). A result too large for RunPod is refused with its size,
+``file_info`` says for every file where it went (``delivered``), so nobody downstream has
+to guess from the entry's text. A result too large for RunPod is refused with its size,
 never truncated. When delivery fails, the files are kept in the local folder and the
 error's ``details.kept_files`` says where: a paid-for output is never thrown away.
+Everything here blocks (uploads, encodes, cross-filesystem moves): call it off the loop.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ RUN_LIMIT = 10 * 1024 * 1024
 RUNSYNC_LIMIT = 20 * 1024 * 1024
 
 
+def payload_limit_for(job_id: str) -> int:
+    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MB, others 10 MB."""
+    return RUNSYNC_LIMIT if job_id.startswith("sync-") else RUN_LIMIT
+
+
 @dataclass(frozen=True)
 class DeliverySettings:
     #: Where files go when there is neither a bucket nor base64.
@@ -35,12 +41,13 @@ class DeliverySettings:
 
 
 def deliver(
-    files: Sequence[OutputFile],
-    node_uploads: Sequence[UploadedFile],
     request: JobRequest,
+    files: Sequence[OutputFile],
+    *,
     settings: DeliverySettings,
     job_dir: Path,
-    payload_limit: int | None,
+    node_uploads: Sequence[UploadedFile] = (),
+    payload_limit: int | None = None,
 ) -> dict[str, Any]:
     """Return ``{"files": [...], "file_info": [...]}`` for ``files`` (in their order).
 
@@ -50,6 +57,7 @@ def deliver(
     """
     job_dir = job_dir.resolve()
     names = [_name_in_job(f, job_dir) for f in files]
+    destination = request.destination
     info = [
         {
             "node_id": f.node_id,
@@ -57,11 +65,13 @@ def deliver(
             "name": name,
             "content_type": content_type_for(name),
             "size": f.path.stat().st_size,
+            "delivered": destination,
         }
         for f, name in zip(files, names, strict=True)
     ]
     try:
-        if request.bucket is not None:
+        if destination == "bucket":
+            assert request.bucket is not None
             uploaded = upload_files(
                 request.bucket,
                 [f.path for f in files],
@@ -70,7 +80,7 @@ def deliver(
                 max_workers=settings.upload_workers,
             )
             entries = [u.url for u in uploaded]
-        elif request.tobase64:
+        elif destination == "base64":
             _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
             entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
         else:
@@ -90,6 +100,7 @@ def deliver(
                 "name": upload.key.rsplit("/", 1)[-1],
                 "content_type": upload.content_type,
                 "size": upload.size,
+                "delivered": "bucket",
             }
         )
     return {"files": entries, "file_info": info}

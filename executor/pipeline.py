@@ -7,6 +7,7 @@ The serverless handler, ``comfyui-runpod serve`` and ``comfyui-runpod run`` all 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import time
@@ -39,6 +40,9 @@ class Pipeline:
     def __init__(self, executor: Executor, settings: PipelineSettings) -> None:
         self.executor = executor
         self.settings = settings
+        #: Blocking steps (input downloads, delivery) run here, never on the caller's loop:
+        #: a cross-filesystem move or an upload must not stall ``serve``'s ``/status``.
+        self._threads = concurrent.futures.ThreadPoolExecutor(2, "comfyui-runpod-io")
 
     def run_sync(self, job: Any, **kwargs: Any) -> dict[str, Any]:
         return asyncio.run(self.run(job, **kwargs))
@@ -53,29 +57,34 @@ class Pipeline:
         """Run one job; the result is the contract's output, or ``{"error": ...}``.
 
         Never raises for a bad job. Cancelling the awaiting task interrupts ComfyUI and
-        re-raises ``CancelledError`` (RunPod's per-job cancel).
+        re-raises ``CancelledError`` (RunPod's per-job cancel); the run's folders are
+        removed once nothing writes to them any more.
         """
         started = time.perf_counter()
         job_id = str(job.get("id", "?")) if isinstance(job, Mapping) else "?"
         timings: dict[str, float] = {}
         workspace: Workspace | None = None
+        #: The step in flight; it may outlive a cancel (a thread, or ComfyUI's last node).
+        busy: concurrent.futures.Future[Any] | None = None
         try:
             request = parse_job(job, self.settings.environ)
-            workspace = self.executor.workspace(request.job_id)  # two mkdirs: no thread hop
+            workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
             if request.media:
                 mark = time.perf_counter()
-                await asyncio.to_thread(
-                    materialize, request.media, workspace.input_dir, self.settings.media
-                )
+                media, folder = request.media, workspace.input_dir
+                busy = self._threads.submit(materialize, media, folder, self.settings.media)
+                await asyncio.wrap_future(busy)
                 timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket, workspace.output_dir)
-            run = await self.executor.run_async(
+            handle = self.executor.submit(
                 request.workflow,
                 workspace,
                 on_progress=on_progress,
                 timeout_s=request.timeout_s,
                 context=context,
             )
+            busy = handle.future
+            run = await handle.wait()
             timings.update(run.timings)
             if run.error is not None:
                 result = run.error.to_result()
@@ -83,12 +92,16 @@ class Pipeline:
                     result["refresh_worker"] = True
                 return self._finish(job_id, result, timings, started)
             mark = time.perf_counter()
-            args = (run.files, context.uploads, request, self.settings.delivery)
-            args += (workspace.output_dir, payload_limit)
-            if request.bucket is not None or request.tobase64:
-                delivered = await asyncio.to_thread(deliver, *args)  # network or big encodes
-            else:
-                delivered = deliver(*args)  # a few renames
+            busy = self._threads.submit(
+                deliver,
+                request,
+                run.files,
+                settings=self.settings.delivery,
+                job_dir=workspace.output_dir,
+                node_uploads=context.uploads,
+                payload_limit=payload_limit,
+            )
+            delivered = await asyncio.wrap_future(busy)
             timings["deliver_s"] = time.perf_counter() - mark
             result = {"files": delivered["files"], "datas": run.datas}
             result["file_info"] = delivered["file_info"]
@@ -101,7 +114,7 @@ class Pipeline:
             return self._finish(job_id, error.to_result(), timings, started)
         finally:
             if workspace is not None:
-                workspace.cleanup()
+                _cleanup_when_settled(workspace, busy)
 
     @staticmethod
     def _finish(
@@ -115,6 +128,17 @@ class Pipeline:
         else:
             log.info("job %s COMPLETED %s files=%d", job_id, phases, len(result["files"]))
         return result
+
+
+def _cleanup_when_settled(
+    workspace: Workspace, busy: concurrent.futures.Future[Any] | None
+) -> None:
+    """Remove the run's folders now, or (after a cancel) once the step still in flight
+    has settled: a save node finishing after its job was cancelled must not leave files."""
+    if busy is None or busy.done():
+        workspace.cleanup()
+    else:
+        busy.add_done_callback(lambda _: workspace.cleanup())
 
 
 def default_local_dir() -> Path:

@@ -8,19 +8,23 @@ JSON string, API format), ``tobase64``, ``tobucket``, ``images``/``files``, requ
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
+from ..nodes.workflows import EXPORT_HINT, is_saved_format
 from .errors import JobError
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
-#: Longest accepted ``policy.executionTimeout``: RunPod's own maximum is 7 days.
-MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+#: Longest ``policy.executionTimeout`` and ``policy.ttl``: RunPod's own maximum, 7 days.
+MAX_POLICY_MS = 7 * 24 * 3600 * 1000
+#: The hosted API's default ``policy.ttl``.
+DEFAULT_TTL_MS = 24 * 3600 * 1000
 #: Deepest nesting of lists and objects in a node's inputs (real workflows use a few
 #: levels; hundreds would exhaust the recursion limit of copying and validating them).
 MAX_INPUT_DEPTH = 64
@@ -35,6 +39,18 @@ class InputMedia:
     source: str  # base64, data: URI or http(s) URL
 
 
+#: Where a job's files go, decided once when the job is parsed (see :func:`destination`).
+Destination = Literal["bucket", "base64", "local"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The request's ``policy``: ``executionTimeout`` (None: no limit) and ``ttl``."""
+
+    timeout_s: float | None = None
+    ttl_s: float = DEFAULT_TTL_MS / 1000
+
+
 @dataclass
 class JobRequest:
     job_id: str
@@ -43,6 +59,22 @@ class JobRequest:
     bucket: BucketConfig | None = None
     media: list[InputMedia] = field(default_factory=list)
     timeout_s: float | None = None
+
+    @property
+    def destination(self) -> Destination:
+        """A bucket when one applies; base64 only when asked and no bucket applies;
+        otherwise the local folder (the original worker's behaviour)."""
+        if self.bucket is not None:
+            return "bucket"
+        return "base64" if self.tobase64 else "local"
+
+
+def job_from_document(document: Any) -> Any:
+    """A file's JSON as a job: a whole job (``{"input": ...}``) stays as it is, anything
+    else is taken as the workflow (``run FILE`` and the worker's warmup accept both)."""
+    if isinstance(document, Mapping) and "input" in document:
+        return document
+    return {"input": {"workflow": document}}
 
 
 def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
@@ -62,7 +94,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         tobase64=_parse_bool(raw.get("tobase64", False), "input.tobase64"),
         bucket=bucket,
         media=_parse_media(raw.get("images"), raw.get("files")),
-        timeout_s=_parse_timeout(job.get("policy")),
+        timeout_s=parse_policy(job.get("policy")).timeout_s,
     )
 
 
@@ -86,11 +118,10 @@ def parse_workflow(value: Any) -> dict[str, Any]:
         raise JobError("invalid_input", f"input.workflow must be an object, not {kind}")
     if not value:  # "{}" sent as a string
         raise JobError("invalid_input", "input.workflow is missing or empty")
-    if "nodes" in value and "links" in value:
+    if is_saved_format(value):
         raise JobError(
             "invalid_input",
-            "input.workflow is a UI-format export (it has nodes/links); in ComfyUI use "
-            "Workflow > Export (API), or enable dev mode and use Save (API Format)",
+            f"input.workflow is a UI-format export (it has nodes/links); {EXPORT_HINT}",
         )
     for node_id, node in value.items():
         if not isinstance(node, dict) or "class_type" not in node:
@@ -172,21 +203,30 @@ def _parse_media(images: Any, files: Any) -> list[InputMedia]:
     return media
 
 
-def _parse_timeout(policy: Any) -> float | None:
+def parse_policy(policy: Any) -> Policy:
+    """``policy.executionTimeout`` (also lower-case, as RunPod's docs show it) and
+    ``policy.ttl``, both milliseconds; ``serve`` and the pipeline read the same one."""
     if policy is None:
-        return None
+        return Policy()
     if not isinstance(policy, Mapping):
         raise JobError("invalid_input", "policy must be an object")
-    value = policy.get("executionTimeout", policy.get("executiontimeout"))
+    timeout = _milliseconds(
+        policy.get("executionTimeout", policy.get("executiontimeout")), "executionTimeout"
+    )
+    ttl = _milliseconds(policy.get("ttl"), "ttl")
+    return Policy(
+        timeout_s=None if timeout is None else timeout / 1000,
+        ttl_s=(DEFAULT_TTL_MS if ttl is None else ttl) / 1000,
+    )
+
+
+def _milliseconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JobError(
-            "invalid_input", f"policy.executionTimeout must be milliseconds, not {value!r}"
-        )
-    if not 0 < value <= MAX_TIMEOUT_MS:
+    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not valid or not math.isfinite(value) or not 0 < value <= MAX_POLICY_MS:
         raise JobError(
             "invalid_input",
-            f"policy.executionTimeout must be between 1 and {MAX_TIMEOUT_MS} ms, not {value}",
+            f"policy.{name} must be milliseconds in 1..{MAX_POLICY_MS}, not {value!r}",
         )
-    return value / 1000.0
+    return float(value)

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .delivery import RUN_LIMIT, RUNSYNC_LIMIT
+from .delivery import payload_limit_for
 from .pipeline import Pipeline
+from .request import job_from_document
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,6 @@ class ProgressThrottle:
             self._send(event)
 
 
-def payload_limit_for(job_id: str) -> int:
-    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MB, others 10 MB."""
-    return RUNSYNC_LIMIT if job_id.startswith("sync-") else RUN_LIMIT
-
-
 def make_handler(pipeline: Pipeline) -> Handler:
     import runpod
 
@@ -61,8 +57,7 @@ def make_handler(pipeline: Pipeline) -> Handler:
 
 def warm_up(pipeline: Pipeline, workflow_file: Path) -> None:
     """Run one workflow before taking jobs, so the first paid job finds models loaded."""
-    workflow = json.loads(workflow_file.read_text(encoding="utf-8"))
-    job = workflow if "input" in workflow else {"input": {"workflow": workflow}}
+    job = job_from_document(json.loads(workflow_file.read_text(encoding="utf-8")))
     result = pipeline.run_sync({**job, "id": "warmup"})
     if "error" in result:
         raise RuntimeError(f"warmup workflow {workflow_file} failed: {result['error']}")

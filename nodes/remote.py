@@ -18,6 +18,7 @@ from typing import Any
 from . import jobcontext, userconfig
 from .imaging import encode_image
 from .runpod_api import RunPodClient, RunPodError
+from .workflows import EXPORT_HINT, is_saved_format
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,8 @@ def load_workflow(text: str) -> dict[str, Any]:
             raise ValueError(f"workflow file {path} does not exist")
         text = path.read_text(encoding="utf-8")
     workflow = json.loads(text)
-    if "nodes" in workflow and "links" in workflow:
-        raise ValueError("workflow is a UI export; use Workflow > Export (API)")
+    if is_saved_format(workflow):
+        raise ValueError(f"workflow is a UI-format export (it has nodes/links); {EXPORT_HINT}")
     return workflow
 
 

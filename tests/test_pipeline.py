@@ -101,6 +101,7 @@ def test_contract_shape_with_bucket_urls(make_pipeline, s3_server: S3Server) -> 
         "name": "inv_00001_.png",
         "content_type": "image/png",
         "size": result["file_info"][0]["size"],
+        "delivered": "bucket",
     }
     assert set(result["timings"]) >= {"validate_s", "execute_s", "deliver_s", "total_s"}
 
@@ -157,6 +158,7 @@ def test_base64_round_trip(make_pipeline) -> None:
     assert len(result["files"]) == 2
     for encoded in result["files"]:
         assert colors(base64.b64decode(encoded)) == {(0xF5, 0xF4, 0xF3)}
+    assert [info["delivered"] for info in result["file_info"]] == ["base64", "base64"]
 
 
 def test_base64_over_the_payload_limit_is_refused_with_its_size(make_pipeline) -> None:
@@ -173,6 +175,7 @@ def test_local_paths_without_bucket_or_base64(make_pipeline, tmp_path: Path) -> 
     [path] = result["files"]
     assert Path(path) == tmp_path / "out" / "local" / "inv_00001_.png"
     assert colors(Path(path).read_bytes()) == {(255, 255, 255)}
+    assert result["file_info"][0]["delivered"] == "local"
 
 
 @pytest.mark.parametrize("form", ["base64", "data-uri", "url"])
@@ -254,6 +257,47 @@ def test_timeout_policy_and_cancel_through_the_pipeline(make_pipeline) -> None:
     assert "error" not in pipeline.run_sync(
         {"id": "ok", "input": {"workflow": workflows.invert(0)}}
     )
+
+
+def test_cancel_cleans_up_only_after_the_last_node_settles(
+    make_pipeline, executor: Executor
+) -> None:
+    """A save node past its last interrupt check still writes after the cancel: the run's
+    folder must be removed after that write, not before it (which left orphan files)."""
+    late_save = executor.comfy.nodes.NODE_CLASS_MAPPINGS["TestLateSave"]
+    workflow = workflows.invert(0)
+    workflow["3"] = {
+        "class_type": "TestLateSave",
+        "inputs": {"images": ["2", 0], "filename_prefix": "late", "delay": 1.0},
+    }
+    pipeline = make_pipeline()
+    written_before = len(late_save.written)
+
+    async def cancel_during_the_save() -> None:
+        saving = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_progress(event: dict) -> None:
+            if event.get("class") == "TestLateSave":
+                loop.call_soon_threadsafe(saving.set)
+
+        job = {"id": "late-save", "input": {"workflow": workflow}}
+        task = asyncio.create_task(pipeline.run(job, on_progress=on_progress))
+        await asyncio.wait_for(saving.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_during_the_save())
+    deadline = time.monotonic() + 10
+    while len(late_save.written) == written_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    late = Path(late_save.written[-1])
+    assert late.parent.name.startswith("late-save-")  # the run's own workspace folder
+    deadline = time.monotonic() + 5
+    while late.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not late.parent.exists(), f"orphan files after cancel: {list(late.parent.iterdir())}"
 
 
 def test_secrets_never_reach_logs_results_or_png_metadata(

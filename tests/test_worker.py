@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import workflows
-from comfyui_runpod.executor.worker import ProgressThrottle, make_handler, payload_limit_for
+from comfyui_runpod.executor.delivery import payload_limit_for
+from comfyui_runpod.executor.worker import ProgressThrottle, make_handler
 from s3server import TEST_ACCESS_SECRET, S3Server, bucket_contract
 
 TESTS = Path(__file__).resolve().parent

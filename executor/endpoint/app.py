@@ -12,7 +12,6 @@ import functools
 import hmac
 import json
 import logging
-import math
 import signal
 from collections.abc import Awaitable, Callable
 from hashlib import sha256
@@ -22,17 +21,10 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
+from ..errors import JobError
 from ..pipeline import Pipeline
-from .jobs import (
-    DEFAULT_TTL_MS,
-    FINAL_CHUNK,
-    IN_PROGRESS,
-    IN_QUEUE,
-    MAX_TTL_MS,
-    Job,
-    JobQueue,
-    NotRetryable,
-)
+from ..request import parse_policy
+from .jobs import FINAL_CHUNK, IN_PROGRESS, IN_QUEUE, Job, JobQueue, NotRetryable
 from .settings import ServeSettings
 from .webhook import WebhookSender
 
@@ -143,7 +135,7 @@ class LocalEndpoint:
             token = _file_token(key, job_id, name)
             if not hmac.compare_digest(request.query.get("token", ""), token):
                 raise ApiError(401, "a valid API key or file token is required")
-        return web.FileResponse(self.jobs.local_dir / job_id / name)
+        return web.FileResponse(self.jobs.folder(job_id) / name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,8 +157,11 @@ class LocalEndpoint:
         if not isinstance(body.get("input"), dict):
             raise ApiError(400, 'the request has no "input" object')
         webhook = _webhook(body.get("webhook"))
-        ttl_ms = _ttl_ms(body.get("policy"))
-        return self.jobs.submit(body, sync=sync, ttl_s=ttl_ms / 1000, webhook=webhook)
+        try:
+            ttl_s = parse_policy(body.get("policy")).ttl_s
+        except JobError as exc:
+            raise ApiError(400, exc.message) from None
+        return self.jobs.submit(body, sync=sync, ttl_s=ttl_s, webhook=webhook)
 
     def _wait_ms(self, request: web.Request) -> int:
         raw = request.query.get("wait")
@@ -391,20 +386,6 @@ def _webhook(value: Any) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ApiError(400, "webhook must be an http(s) URL")
     return value
-
-
-def _ttl_ms(policy: Any) -> float:
-    if policy is None:
-        return DEFAULT_TTL_MS
-    if not isinstance(policy, dict):
-        raise ApiError(400, "policy must be an object")
-    value = policy.get("ttl")
-    if value is None:
-        return DEFAULT_TTL_MS
-    valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not valid or not math.isfinite(value) or not 0 < value <= MAX_TTL_MS:
-        raise ApiError(400, f"policy.ttl must be milliseconds in 1..{MAX_TTL_MS}, not {value!r}")
-    return float(value)
 
 
 def _not_found(job_id: str) -> ApiError:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -26,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
+from ...nodes.runpod_api import FINAL
+from ..delivery import local_folder, payload_limit_for
 from ..pipeline import Pipeline
 
 log = logging.getLogger("comfyui_runpod.endpoint")
@@ -37,12 +37,7 @@ COMPLETED = "COMPLETED"
 FAILED = "FAILED"
 CANCELLED = "CANCELLED"
 TIMED_OUT = "TIMED_OUT"
-FINAL = frozenset({COMPLETED, FAILED, CANCELLED, TIMED_OUT})
 RETRYABLE = frozenset({FAILED, TIMED_OUT})
-
-#: The hosted API's default and longest ``policy.ttl``.
-DEFAULT_TTL_MS = 24 * 3600 * 1000
-MAX_TTL_MS = 7 * 24 * 3600 * 1000
 #: Progress events kept for ``/stream`` between two polls (older ones are dropped).
 STREAM_CHUNKS = 100
 #: Marks the place of the final output in a job's stream (rendered when it is read).
@@ -125,9 +120,9 @@ class JobQueue:
         #: The pipeline asked for a fresh worker (e.g. a CUDA error broke the device).
         self.unhealthy = False
 
-    @property
-    def local_dir(self) -> Path:
-        return self._pipeline.settings.delivery.local_dir
+    def folder(self, job_id: str) -> Path:
+        """The job's local output folder (delivery's, so the two always agree)."""
+        return local_folder(self._pipeline.settings.delivery, job_id)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -248,7 +243,7 @@ class JobQueue:
             self._pipeline.run(
                 {**job.request, "id": job.id},
                 on_progress=job.record_progress,
-                payload_limit=RUNSYNC_LIMIT if job.id.startswith("sync-") else RUN_LIMIT,
+                payload_limit=payload_limit_for(job.id),
             )
         )
         self._running = (job, task)
@@ -289,30 +284,12 @@ class JobQueue:
             log.warning("job %s left the device unusable: restart comfyui-runpod serve", job.id)
         if error is None:
             job.status = COMPLETED
-            job.local_files = self._local_files(job, output.get("files"))
+            job.local_files = _local_files(output.get("file_info"))
         else:
             code = output.get("error_code")
             job.status = {"timeout": TIMED_OUT, "cancelled": CANCELLED}.get(code, FAILED)
             job.error = str(error)
         job.output = output or None
-
-    def _local_files(self, job: Job, files: Any) -> dict[int, str]:
-        """Files delivered to the local folder come back as paths; remember their names
-        so the server can serve exactly these, as URLs."""
-        if not isinstance(files, list):
-            return {}
-        folder = (self.local_dir / job.id).resolve()
-        found = {}
-        for index, entry in enumerate(files):
-            # Bucket URLs and base64 are not absolute paths (base64 may start with "/": the
-            # folder check below rules it out).
-            if not isinstance(entry, str) or len(entry) > 4096 or not os.path.isabs(entry):
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                path = Path(entry).resolve()
-                if path.is_relative_to(folder) and path.is_file():
-                    found[index] = path.relative_to(folder).as_posix()
-        return found
 
     def _finalize(self, job: Job) -> None:
         job.finished = time.monotonic()
@@ -368,7 +345,19 @@ class JobQueue:
         self._wake.set()
 
     def _remove_files(self, job: Job) -> None:
-        shutil.rmtree(self.local_dir / job.id, ignore_errors=True)
+        shutil.rmtree(self.folder(job.id), ignore_errors=True)
+
+
+def _local_files(file_info: Any) -> dict[int, str]:
+    """Files delivery left in the job's local folder (its ``file_info`` says which), by
+    their index in ``files``: the server serves exactly these, as URLs."""
+    if not isinstance(file_info, list):
+        return {}
+    return {
+        index: info["name"]
+        for index, info in enumerate(file_info)
+        if isinstance(info, dict) and info.get("delivered") == "local"
+    }
 
 
 def _ms(seconds: float) -> int:

@@ -1,9 +1,13 @@
 """Test-only ComfyUI nodes: failures and slow work that real nodes only do by accident."""
 
 import time
+from typing import ClassVar
 
 import comfy.utils
+import folder_paths
+import numpy as np
 import torch
+from PIL import Image
 
 
 class TestRaise:
@@ -72,7 +76,47 @@ class TestSeedImage:
         return (torch.full((1, 8, 8, 3), (seed % 256) / 255.0),)
 
 
+class TestLateSave:
+    """Sleeps without checking for interrupts, then saves like SaveImage: a save node that
+    is past its last interrupt check when its job is cancelled."""
+
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    #: Every file written, for the tests to check what became of it.
+    written: ClassVar[list[str]] = []
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "filename_prefix": ("STRING", {"default": "late"}),
+                "delay": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0}),
+            }
+        }
+
+    def run(self, images, filename_prefix, delay):
+        time.sleep(delay)
+        output = folder_paths.get_output_directory()
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, output, images.shape[2], images.shape[1]
+        )
+        path = f"{folder}/{name}_{counter:05}_.png"
+        Image.fromarray(np.uint8(images[0].numpy() * 255)).save(path)
+        self.written.append(path)
+        return {
+            "ui": {
+                "images": [
+                    {"filename": path.rsplit("/", 1)[1], "subfolder": subfolder, "type": "output"}
+                ]
+            }
+        }
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestLateSave": TestLateSave,
     "TestSeedImage": TestSeedImage,
     "TestRaise": TestRaise,
     "TestOutOfMemory": TestOutOfMemory,
