@@ -31,10 +31,12 @@ def imports(path: Path) -> Iterator[tuple[int, str, bool, str]]:
         for node in ast.walk(func)
     }
     for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
         text, top = ast.unparse(node), id(node) not in lazy
         if isinstance(node, ast.Import):
             yield from ((node.lineno, alias.name, top, text) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join([*base, *([node.module] if node.module else [])])
             yield node.lineno, module, top, text
