@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import JobError
+from .errors import JobError, mib
 from .request import InputMedia
 from .urlguard import PrivateAddress, URLRefused, open_checked_url
 
@@ -53,7 +53,7 @@ def _read(item: InputMedia, settings: MediaSettings) -> bytes:
             raise JobError("invalid_input", f"input image {item.name}: data URI is not base64")
     if len(source) * 3 // 4 > settings.max_bytes:
         raise JobError(
-            "invalid_input", f"input image {item.name} is larger than {_mb(settings.max_bytes)}"
+            "invalid_input", f"input image {item.name} is larger than {mib(settings.max_bytes)}"
         )
     try:
         return base64.b64decode("".join(source.split()), validate=True)
@@ -72,8 +72,8 @@ def _download(name: str, url: str, settings: MediaSettings) -> bytes:
             if declared and declared.isdigit() and int(declared) > settings.max_bytes:
                 raise JobError(
                     "invalid_input",
-                    f"input image {name} at {_host(url)} is {_mb(int(declared))}, "
-                    f"over the {_mb(settings.max_bytes)} limit",
+                    f"input image {name} at {_host(url)} is {mib(int(declared))}, "
+                    f"over the {mib(settings.max_bytes)} limit",
                 )
             data = response.read(settings.max_bytes + 1)
     except JobError:
@@ -92,7 +92,7 @@ def _download(name: str, url: str, settings: MediaSettings) -> bytes:
     if len(data) > settings.max_bytes:
         raise JobError(
             "invalid_input",
-            f"input image {name} at {_host(url)} is over the {_mb(settings.max_bytes)} limit",
+            f"input image {name} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
         )
     return data
 
@@ -122,7 +122,3 @@ def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
 
 def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).hostname or "?"
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"

@@ -39,7 +39,7 @@ class ProgressThrottle:
 
 
 def payload_limit_for(job_id: str) -> int:
-    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MB, others 10 MB."""
+    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MiB, others 10 MiB."""
     return RUNSYNC_LIMIT if job_id.startswith("sync-") else RUN_LIMIT
 
 

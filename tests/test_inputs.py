@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfyui_runpod.executor.errors import JobError
+from comfyui_runpod.executor.errors import JobError, mib
 from comfyui_runpod.executor.inputs import MediaSettings, materialize
 from comfyui_runpod.executor.request import InputMedia
 from reliability_kit import pixel, png_bytes
@@ -219,3 +219,12 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def test_size_messages_say_mib_like_the_limits(tmp_path):
+    cap = MediaSettings().max_bytes  # 50 MiB
+    too_big = "A" * (cap // 3 * 4 + 8)  # base64 of just over 50 MiB
+    with pytest.raises(JobError) as caught:
+        materialize([InputMedia("in.png", too_big)], tmp_path, MediaSettings())
+    assert str(caught.value) == "invalid_input: input image in.png is larger than 50.0 MiB"
+    assert mib(10 * 1024 * 1024 + 1) == "10.0 MiB" and mib(1_000_000) == "1.0 MiB"

@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
+from ..errors import mib
 from ..pipeline import Pipeline
 from .jobs import (
     DEFAULT_TTL_MS,
@@ -379,8 +380,8 @@ async def _drain(request: web.Request, budget: int) -> int:
 def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(
         413,
-        f"the request body is {size / 1_048_576:.1f} MB, over the {limit / 1_048_576:.0f} MB "
-        "limit of this route; send inputs as URLs or upload them to a bucket",
+        f"the request body is {mib(size)}, over the {mib(limit)} limit of this route; "
+        "send inputs as URLs or upload them to a bucket",
     )
 
 
