@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes.storage import UploadedFile, UploadError, content_type_for, upload_files
-from .errors import JobError
+from .errors import JobError, mib
 from .outputs import OutputFile
 from .request import JobRequest
 from .runner import plain_name
@@ -29,7 +29,7 @@ RUNSYNC_LIMIT = 20 * 1024 * 1024
 
 
 def payload_limit_for(job_id: str) -> int:
-    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MB, others 10 MB."""
+    """RunPod names ``/runsync`` jobs ``sync-…``; those may return 20 MiB, others 10 MiB."""
     return RUNSYNC_LIMIT if job_id.startswith("sync-") else RUN_LIMIT
 
 
@@ -139,8 +139,8 @@ def _check_payload(size: int, limit: int | None) -> None:
     if limit is not None and size > limit:
         raise JobError(
             "payload_too_large",
-            f"the base64 result would be {size / 1_048_576:.1f} MB, over RunPod's "
-            f"{limit / 1_048_576:.0f} MB limit for this request; configure a bucket "
+            f"the base64 result would be {mib(size)}, over RunPod's {mib(limit)} limit "
+            "for this request; configure a bucket "
             "(input.tobucket, s3Config or BUCKET_* env) or return fewer or smaller files",
             {"size": size, "limit": limit},
         )

@@ -24,6 +24,11 @@ CODES = frozenset(
 )
 
 
+def mib(size: int) -> str:
+    """A byte count for a message, in the unit the limits are set in (MiB, not MB)."""
+    return f"{size / 1_048_576:.1f} MiB"
+
+
 class JobError(Exception):
     """A failure reported to the caller as ``{"error": "<code>: <message>", ...}``."""
 

@@ -2,25 +2,24 @@
 
 Sources are base64, ``data:`` URIs or http(s) URLs. Everything is bounded: decoded size,
 image dimensions (a small PNG can claim 100k x 100k pixels), download time, and URLs may
-not reach private or loopback addresses unless the operator allows it.
+not reach private or loopback addresses unless the operator allows it (``urlguard``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import io
-import ipaddress
-import socket
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import JobError
+from .errors import JobError, mib
 from .request import InputMedia
+from .urlguard import PrivateAddress, URLRefused, open_checked_url
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def _read(item: InputMedia, settings: MediaSettings) -> bytes:
             raise JobError("invalid_input", f"input image {item.name}: data URI is not base64")
     if len(source) * 3 // 4 > settings.max_bytes:
         raise JobError(
-            "invalid_input", f"input image {item.name} is larger than {_mb(settings.max_bytes)}"
+            "invalid_input", f"input image {item.name} is larger than {mib(settings.max_bytes)}"
         )
     try:
         return base64.b64decode("".join(source.split()), validate=True)
@@ -64,34 +63,28 @@ def _read(item: InputMedia, settings: MediaSettings) -> bytes:
         ) from None
 
 
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Re-apply the address check to every redirect target."""
-
-    def __init__(self, name: str, settings: MediaSettings) -> None:
-        self.name, self.settings = name, settings
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
-        _check_address(self.name, newurl, self.settings)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def _download(name: str, url: str, settings: MediaSettings) -> bytes:
-    _check_address(name, url, settings)
-    opener = urllib.request.build_opener(_CheckedRedirects(name, settings))
-    request = urllib.request.Request(url, headers={"User-Agent": "comfyui-runpod"})
     try:
-        with opener.open(request, timeout=settings.url_timeout_s) as response:
+        with open_checked_url(
+            url, timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls
+        ) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > settings.max_bytes:
                 raise JobError(
                     "invalid_input",
-                    f"input image {name} at {_host(url)} is {_mb(int(declared))}, "
-                    f"over the {_mb(settings.max_bytes)} limit",
+                    f"input image {name} at {_host(url)} is {mib(int(declared))}, "
+                    f"over the {mib(settings.max_bytes)} limit",
                 )
             data = response.read(settings.max_bytes + 1)
     except JobError:
         raise
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except PrivateAddress as exc:
+        raise JobError(
+            "invalid_input", f"input image {name}: {exc}, which job URLs may not reach"
+        ) from None
+    except URLRefused as exc:
+        raise JobError("invalid_input", f"input image {name}: {exc}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise JobError(
             "invalid_input", f"input image {name}: could not download from {_host(url)}: {reason}"
@@ -99,31 +92,9 @@ def _download(name: str, url: str, settings: MediaSettings) -> bytes:
     if len(data) > settings.max_bytes:
         raise JobError(
             "invalid_input",
-            f"input image {name} at {_host(url)} is over the {_mb(settings.max_bytes)} limit",
+            f"input image {name} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
         )
     return data
-
-
-def _check_address(name: str, url: str, settings: MediaSettings) -> None:
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise JobError("invalid_input", f"input image {name}: only http(s) URLs are allowed")
-    if settings.allow_private_urls:
-        return
-    try:
-        infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise JobError(
-            "invalid_input", f"input image {name}: cannot resolve {parsed.hostname}: {exc}"
-        ) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise JobError(
-                "invalid_input",
-                f"input image {name}: {parsed.hostname} resolves to a private or local address, "
-                "which job URLs may not reach",
-            )
 
 
 def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
@@ -151,7 +122,3 @@ def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
 
 def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).hostname or "?"
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1_000_000:.1f} MB"

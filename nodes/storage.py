@@ -413,7 +413,12 @@ def _put(
 
 
 def _classify(e: Exception) -> tuple[bool, str]:
-    """(worth retrying?, short reason) from a botocore error."""
+    """(worth retrying?, short reason) from a botocore error.
+
+    Only a transport failure (refused, reset or timed-out connection) or a retryable
+    status can succeed on another try; anything else (no credentials, a parameter botocore
+    rejects, a bug) would fail the same way again, so it is reported at once, by type.
+    """
     from botocore.exceptions import ClientError
 
     if isinstance(e, ClientError):
@@ -423,7 +428,22 @@ def _classify(e: Exception) -> tuple[bool, str]:
         message = str(err.get("Message") or "").strip()
         retry = status in _RETRY_STATUS or code in _RETRY_CODES
         return retry, f"{code}: {message}" if message else code
-    return True, f"{type(e).__name__}: {e}"
+    return _is_transient(e), f"{type(e).__name__}: {e}"
+
+
+def _is_transient(e: Exception) -> bool:
+    """A connection that failed, closed or timed out, as botocore's own retries see it.
+
+    A TLS failure is usually a certificate problem, which another try will not fix.
+    """
+    from botocore import exceptions as bc
+
+    if isinstance(e, bc.SSLError):
+        return False
+    # bc.ConnectionError: refused, endpoint unreachable, connect timeout, proxy;
+    # bc.HTTPClientError: read timeout, connection closed mid-request.
+    # The builtins cover a socket error that reaches us unwrapped.
+    return isinstance(e, (bc.ConnectionError, bc.HTTPClientError, ConnectionError, TimeoutError))
 
 
 def _redact(reason: str, cfg: BucketConfig) -> str:

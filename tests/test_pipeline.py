@@ -165,7 +165,7 @@ def test_base64_over_the_payload_limit_is_refused_with_its_size(make_pipeline) -
     job = {"id": "big", "input": {"workflow": workflows.invert(0, size=512), "tobase64": True}}
     result = make_pipeline().run_sync(job, payload_limit=1024)
     assert result["error_code"] == "payload_too_large"
-    assert "MB, over RunPod's" in result["error"] and "bucket" in result["error"]
+    assert "MiB, over RunPod's" in result["error"] and "bucket" in result["error"]
     assert "files" not in result
     assert Path(result["details"]["kept_files"][0]).stat().st_size > 1024
 

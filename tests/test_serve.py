@@ -259,12 +259,12 @@ def test_payload_limits_bad_requests_and_unknown_ids(serve):
         return data
 
     code, body = running.call("POST", "run", raw=sized(10 * MiB + 1))
-    assert code == 413 and "10 MB" in body["error"]
+    assert code == 413 and "10.0 MiB limit" in body["error"]
     chunked = iter([sized(10 * MiB + 1)[: 6 * MiB], sized(10 * MiB + 1)[6 * MiB :]])
     code, body = running.call("POST", "run", raw=chunked)  # no Content-Length: counted
     assert code == 413
     code, body = running.call("POST", "runsync", raw=sized(20 * MiB + 1))
-    assert code == 413 and "20 MB" in body["error"]
+    assert code == 413 and "20.0 MiB limit" in body["error"]
     code, body = running.call("POST", "runsync", raw=sized(15 * MiB))  # fine for runsync
     assert code == 200 and body["status"] == "COMPLETED", body
 

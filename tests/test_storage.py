@@ -10,6 +10,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from botocore import exceptions as bc
+from comfyui_runpod.nodes import storage
 from comfyui_runpod.nodes.storage import (
     MAX_URL_EXPIRY_S,
     BucketConfig,
@@ -195,6 +197,66 @@ def test_missing_bucket_is_not_retried(s3_server, tmp_path):
     msg = str(ei.value)
     assert "could not upload out.png to bucket no-such-bucket-here: NoSuchBucket" in msg
     assert_no_secrets(msg)
+
+
+@pytest.fixture
+def put_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts ``put_object`` calls (attempts), whether or not they reach the network."""
+    calls: list[str] = []
+    make_client = storage._client
+
+    def counting_client(*args: object) -> object:
+        client = make_client(*args)
+        client.meta.events.register(
+            "provide-client-params.s3.PutObject", lambda params, **kw: calls.append(params["Key"])
+        )
+        return client
+
+    monkeypatch.setattr(storage, "_client", counting_client)
+    return calls
+
+
+def test_error_that_cannot_succeed_is_not_retried(s3_server, tmp_path, put_calls):
+    # botocore rejects the bucket name before sending anything (ParamValidationError).
+    c = BucketConfig.from_contract(bucket_contract(s3_server, "not a bucket!"), "x")
+    f = write(tmp_path, "out.png", b"x")
+    start = time.monotonic()
+    with pytest.raises(UploadError) as ei:
+        upload_files(c, [f], "job", attempts=3, backoff_s=2.0)  # a retry sleeps ≥ 1 s
+    assert time.monotonic() - start < 1
+    assert len(put_calls) == 1
+    msg = str(ei.value)
+    assert msg.startswith("upload_failed: could not upload out.png to bucket not a bucket!: ")
+    assert "ParamValidationError: " in msg and "Invalid bucket name" in msg
+    assert_no_secrets(msg)
+
+
+def test_refused_connection_is_retried(tmp_path, put_calls):
+    c = BucketConfig.from_contract(bucket_contract(closed_port_url(), "outs"), "x")
+    f = write(tmp_path, "out.png", b"x")
+    start = time.monotonic()
+    with pytest.raises(UploadError, match="EndpointConnectionError: "):
+        upload_files(c, [f], "job", attempts=3, backoff_s=0.1)
+    assert len(put_calls) == 3
+    assert time.monotonic() - start >= (0.1 + 0.2) * 0.5  # both backoffs, at least jitter
+
+
+@pytest.mark.parametrize(
+    ("error", "retry"),
+    [
+        (bc.EndpointConnectionError(endpoint_url="http://h"), True),
+        (bc.ConnectTimeoutError(endpoint_url="http://h"), True),
+        (bc.ReadTimeoutError(endpoint_url="http://h"), True),
+        (bc.ConnectionClosedError(endpoint_url="http://h"), True),
+        (ConnectionResetError(104, "reset"), True),
+        (bc.SSLError(endpoint_url="http://h", error="certificate verify failed"), False),
+        (bc.NoCredentialsError(), False),
+        (bc.ParamValidationError(report="bad"), False),
+        (TypeError("a bug"), False),
+    ],
+)
+def test_only_transport_errors_are_retried(error: Exception, retry: bool):
+    assert storage._classify(error) == (retry, f"{type(error).__name__}: {error}")
 
 
 def test_missing_local_file_names_the_file(cfg, tmp_path):

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
-from ..errors import JobError
+from ..errors import JobError, mib
 from ..pipeline import Pipeline
 from ..request import parse_policy
 from .jobs import FINAL_CHUNK, IN_PROGRESS, IN_QUEUE, Job, JobQueue, NotRetryable
@@ -374,8 +374,8 @@ async def _drain(request: web.Request, budget: int) -> int:
 def _too_large(size: int, limit: int) -> ApiError:
     return ApiError(
         413,
-        f"the request body is {size / 1_048_576:.1f} MB, over the {limit / 1_048_576:.0f} MB "
-        "limit of this route; send inputs as URLs or upload them to a bucket",
+        f"the request body is {mib(size)}, over the {mib(limit)} limit of this route; "
+        "send inputs as URLs or upload them to a bucket",
     )
 
 
