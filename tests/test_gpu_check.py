@@ -117,7 +117,7 @@ def test_hard_time_limit_writes_the_report_and_exits_3(tmp_path: Path) -> None:
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", stuck, "--cpu", "--out", str(tmp_path), "--time-limit", "8"],
+        [sys.executable, "-c", stuck, "--cpu", "--out", str(tmp_path), "--time-limit", "12"],
         capture_output=True,
         text=True,
         timeout=120,
