@@ -13,7 +13,10 @@ endif
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup run test lint bench clean
+# The device machine has no .venv and no network: gpu-check uses its python3 (with torch).
+GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+
+.PHONY: setup run test lint bench gpu-check gpu-bundle clean
 
 $(STAMP): pyproject.toml requirements/comfyui-headless.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,5 +42,15 @@ test: setup
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# One prepared run on a CUDA machine, ~4 min, report in $$OUT (docs/performance.md, "GPU
+# check"). Without CUDA: one line, exit 0. GPU_CHECK_ARGS=--cpu: the same steps on the CPU.
+# No `setup` prerequisite: it must run where nothing can be installed.
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
+
+# What gpu-check needs on the device machine and its image lacks (.gpu-check/, ~56 MiB).
+gpu-bundle: setup
+	$(BIN)/python bench/gpu_bundle.py
+
 clean:
-	rm -rf $(VENV) runpod-output
+	rm -rf $(VENV) runpod-output .gpu-check

@@ -132,17 +132,24 @@ def count_files(*folders: Path) -> int:
 
 
 def boot_executor(
-    work_dir: Path, extra_model_paths: Sequence[Path] = (), comfyui: Path | None = None
+    work_dir: Path,
+    extra_model_paths: Sequence[Path] = (),
+    comfyui: Path | None = None,
+    *,
+    cpu: bool = True,
+    custom_node_dirs: Sequence[Path] = (),
 ) -> Any:
-    """Our in-process ComfyUI on the CPU (what ``comfyui-runpod run/worker/serve`` boot)."""
+    """Our in-process ComfyUI, on the CPU unless ``cpu=False`` (then CUDA), as
+    ``comfyui-runpod run/worker/serve`` boot it."""
     from comfyui_runpod.executor import BootSettings, Executor
 
     executor = Executor(
         BootSettings(
             work_dir=work_dir,
-            cpu=True,
+            cpu=cpu,
             comfyui_path=comfyui,
             extra_model_paths=tuple(extra_model_paths),
+            custom_node_dirs=tuple(custom_node_dirs),
         )
     )
     executor.start()
@@ -175,7 +182,8 @@ class ServerJobError(RuntimeError):
 class ComfyServer:
     """ComfyUI's ``main.py`` as a child process on a loopback port.
 
-    Flags: ``--cpu`` like our executor; ``--disable-api-nodes`` because our executor does
+    Flags: ``--cpu`` like our executor (``cpu=False``: ComfyUI's own device choice, CUDA
+    on a GPU machine); ``--disable-api-nodes`` because our executor does
     not load API nodes either; ``--front-end-root`` pointing at an empty folder so that the
     server starts without the ``comfyui-frontend-package`` wheel (nothing here loads the UI;
     ComfyUI only logs that the templates package is missing); input/output/temp/user
@@ -186,6 +194,7 @@ class ComfyServer:
     comfyui: Path
     extra_model_paths: Sequence[Path] = ()
     port: int = 0
+    cpu: bool = True
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-server-")))
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -208,7 +217,8 @@ class ComfyServer:
         dirs = {name: self.folder / name for name in ("output", "temp", "input", "user", "web")}
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, str(self.comfyui / "main.py"), "--cpu"]
+        command = [sys.executable, str(self.comfyui / "main.py")]
+        command += ["--cpu"] if self.cpu else []
         command += ["--listen", "127.0.0.1", "--port", str(self.port)]
         command += ["--disable-auto-launch", "--disable-api-nodes"]
         command += ["--front-end-root", str(dirs["web"])]

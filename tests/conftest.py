@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +15,30 @@ from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 pytest_plugins = ["s3server"]
 
 TESTS = Path(__file__).resolve().parent
+#: ``gpu`` boots the session's ComfyUI on CUDA (``make gpu-check`` runs the executor,
+#: pipeline and serve tests that way); anything else, or unset: the CPU.
+DEVICE_ENV = "COMFYUI_RUNPOD_TEST_DEVICE"
 
 
 @pytest.fixture(scope="session")
-def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
-    """The real ComfyUI 0.3.75 on CPU, with a test-only node pack (raising/slow nodes)."""
+def test_device() -> str:
+    """``"gpu"`` or ``"cpu"``: where the session's ComfyUI runs (``DEVICE_ENV``)."""
+    if os.environ.get(DEVICE_ENV, "").lower() != "gpu":
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.exit(f"{DEVICE_ENV}=gpu but torch sees no CUDA device", returncode=4)
+    return "gpu"
+
+
+@pytest.fixture(scope="session")
+def executor(tmp_path_factory: pytest.TempPathFactory, test_device: str) -> Iterator[Executor]:
+    """The real ComfyUI 0.3.75 (CPU unless ``test_device`` is gpu), with a test-only node
+    pack (raising/slow nodes)."""
     settings = BootSettings(
         work_dir=tmp_path_factory.mktemp("comfy-work"),
-        cpu=True,
+        cpu=test_device != "gpu",
         custom_node_dirs=(TESTS / "custom_nodes",),
     )
     ex = Executor(settings)

@@ -29,10 +29,10 @@ def assert_still_works(executor: Executor) -> None:
     assert pixels(result.files[0].path) == {(255, 255, 255)}
 
 
-def test_boot_reports_comfyui_and_loads_node_packs(executor: Executor) -> None:
+def test_boot_reports_comfyui_and_loads_node_packs(executor: Executor, test_device: str) -> None:
     comfy = executor.comfy
     assert comfy.location.version == "0.3.75"
-    assert comfy.device == "cpu"
+    assert comfy.device.startswith("cuda" if test_device == "gpu" else "cpu")
     mappings = comfy.nodes.NODE_CLASS_MAPPINGS
     assert "RunPodCaptureData" in mappings  # this pack
     assert "TestSlowSteps" in mappings  # a pack from an extra custom_nodes folder

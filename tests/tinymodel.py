@@ -1,4 +1,5 @@
-"""A tiny, randomly initialised SD1.5 checkpoint for end-to-end tests.
+"""A tiny, randomly initialised SD1.5 checkpoint for end-to-end tests (and, with
+``full=True``, one of the real SD1.5 sizes for ``make gpu-check``).
 
 Tests that run a real ComfyUI graph (load checkpoint -> encode text -> sample -> decode ->
 save) need a checkpoint that ComfyUI's ``CheckpointLoaderSimple`` detects as SD1.5. A real
@@ -17,6 +18,11 @@ Weights: norm weights 1, biases 0, everything else N(0, 0.02), deterministic fro
 saved as fp16 safetensors (~465 MB, ~2 s to build on 2 CPU cores). ComfyUI modules are
 imported inside the functions only: ComfyUI must already be importable (the project's
 executor puts it on ``sys.path`` at boot).
+
+``full=True`` keeps the whole SD1.5 UNet (four levels, two res blocks each, ~860 M
+params): a checkpoint of the real SD1.5 sizes (~2.1 GB fp16, ~1.07 G params), so that
+per-job time and VRAM on a GPU are those of a real SD1.5 job. It is never cached: only
+``make gpu-check`` builds it, into its own work folder.
 """
 
 from __future__ import annotations
@@ -55,6 +61,15 @@ _UNET_CONFIG: dict[str, object] = {
     "num_head_channels": -1,
 }
 
+# The whole SD1.5 UNet: what detect_unet_config derives from a real SD1.5 checkpoint.
+_UNET_CONFIG_FULL: dict[str, object] = {
+    **_UNET_CONFIG,
+    "channel_mult": [1, 2, 4, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],  # per input res block; none at 1/8
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+}
+
 # The default SD1.x/SD2.x VAE config (comfy/sd.py VAE.__init__ picks it for this layout).
 _VAE_DDCONFIG: dict[str, object] = {
     "double_z": True,
@@ -72,7 +87,7 @@ _VAE_DDCONFIG: dict[str, object] = {
 _NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
-def _layout() -> dict[str, tuple[torch.Size, bool]]:
+def _layout(full: bool = False) -> dict[str, tuple[torch.Size, bool]]:
     """Checkpoint key -> (shape, is a norm weight), from ComfyUI's own modules on ``meta``."""
     import json
 
@@ -87,7 +102,9 @@ def _layout() -> dict[str, tuple[torch.Size, bool]]:
     )
     with torch.device("meta"):
         parts = {
-            "model.diffusion_model.": UNetModel(**_UNET_CONFIG, operations=ops),
+            "model.diffusion_model.": UNetModel(
+                **(_UNET_CONFIG_FULL if full else _UNET_CONFIG), operations=ops
+            ),
             "first_stage_model.": AutoencoderKL(ddconfig=_VAE_DDCONFIG, embed_dim=4),
             # SD1.5 checkpoints hold only text_model.* (no text_projection / logit_scale).
             "cond_stage_model.transformer.text_model.": comfy.clip_model.CLIPTextModel(
@@ -107,6 +124,27 @@ def _layout() -> dict[str, tuple[torch.Size, bool]]:
     return layout
 
 
+def parameter_count(full: bool = False) -> dict[str, int]:
+    """Parameters per part (``unet``, ``vae``, ``clip``) of the tiny or the full layout."""
+    prefixes = {
+        "unet": "model.diffusion_model.",
+        "vae": "first_stage_model.",
+        "clip": "cond_stage_model.",
+    }
+    counts = dict.fromkeys(prefixes, 0)
+    for key, (shape, _) in _layout(full).items():
+        part = next(name for name, prefix in prefixes.items() if key.startswith(prefix))
+        counts[part] += shape.numel()
+    return counts
+
+
+def check_detected_as_sd15(full: bool = False) -> None:
+    """Run ComfyUI's model detection on the layout alone (``meta`` tensors, no weights)."""
+    _check_detected_as_sd15(
+        {key: torch.empty(shape, device="meta") for key, (shape, _) in _layout(full).items()}
+    )
+
+
 def _check_detected_as_sd15(state_dict: dict[str, torch.Tensor]) -> None:
     """Fail early if ComfyUI's model detection would not pick SD15 for this state dict."""
     import comfy.model_detection
@@ -117,8 +155,9 @@ def _check_detected_as_sd15(state_dict: dict[str, torch.Tensor]) -> None:
         raise RuntimeError(f"tiny checkpoint detected as {name}, expected SD15")
 
 
-def build_tiny_sd15(path: Path, *, seed: int = 0) -> Path:
-    """Build the tiny random SD1.5 checkpoint and save it (fp16 safetensors) at ``path``.
+def build_tiny_sd15(path: Path, *, seed: int = 0, full: bool = False) -> Path:
+    """Build the tiny (or, ``full``, the full-size) random SD1.5 checkpoint and save it
+    (fp16 safetensors) at ``path``.
 
     Written to a temporary file in the same folder, then ``os.replace``d into place, so a
     half-written file is never visible at ``path``. Returns ``path``.
@@ -129,7 +168,7 @@ def build_tiny_sd15(path: Path, *, seed: int = 0) -> Path:
     generator = torch.Generator().manual_seed(seed)
     state_dict: dict[str, torch.Tensor] = {}
     # Sorted keys: the random stream does not depend on module construction order.
-    for key, (shape, is_norm) in sorted(_layout().items()):
+    for key, (shape, is_norm) in sorted(_layout(full).items()):
         if is_norm:
             tensor = torch.ones(shape, dtype=torch.float16)
         elif key.endswith("bias"):
@@ -144,7 +183,8 @@ def build_tiny_sd15(path: Path, *, seed: int = 0) -> Path:
     os.close(fd)
     try:
         # One metadata key only: safetensors orders several at random (not byte-stable).
-        save_file(state_dict, tmp, metadata={"comfyui_runpod_tiny_sd15": f"v1 seed={seed}"})
+        recipe = f"v1 seed={seed}" + (" full" if full else "")
+        save_file(state_dict, tmp, metadata={"comfyui_runpod_tiny_sd15": recipe})
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:

@@ -39,15 +39,18 @@ def slow(steps: int = 100, delay: float = 0.05) -> dict[str, Any]:
     }
 
 
-def tiny_sd(ckpt: str, seed: int = 1, steps: int = 2, prefix: str = "tiny") -> dict[str, Any]:
-    """The tiny SD1.5 model: checkpoint → prompts → KSampler → VAEDecode → SaveImage."""
+def tiny_sd(
+    ckpt: str, seed: int = 1, steps: int = 2, prefix: str = "tiny", size: int = 64
+) -> dict[str, Any]:
+    """An SD1.5 checkpoint (the tiny one by default): checkpoint → prompts → KSampler →
+    VAEDecode → SaveImage, ``size``×``size`` pixels."""
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
         "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
         "5": {
             "class_type": "EmptyLatentImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+            "inputs": {"width": size, "height": size, "batch_size": 1},
         },
         "3": {
             "class_type": "KSampler",
