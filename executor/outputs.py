@@ -8,6 +8,7 @@ are not outputs.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,17 +43,15 @@ def _is_file_list(value: Any) -> bool:
 def collect(
     ui_outputs: Mapping[str, Mapping[str, Any]],
     node_order: Iterable[str],
-    directory_of: Callable[[str], str | None],
+    roots: Mapping[str, Path],
 ) -> tuple[list[OutputFile], dict[str, dict[str, Any]]]:
-    """Split ``ui_outputs`` into files (in the workflow's node order) and datas."""
-    order = {node_id: index for index, node_id in enumerate(node_order)}
-    roots: dict[str, Path | None] = {}
+    """Split ``ui_outputs`` into files (in the workflow's node order) and datas.
 
-    def root_of(kind_of_dir: str) -> Path | None:
-        if kind_of_dir not in roots:
-            base = directory_of(kind_of_dir)
-            roots[kind_of_dir] = None if base is None else Path(base).resolve()
-        return roots[kind_of_dir]
+    ``roots``: the folder of each ui ``type`` that holds outputs (ComfyUI's ``output``),
+    already resolved.
+    """
+    order = {node_id: index for index, node_id in enumerate(node_order)}
+    root_of = roots.get
 
     files: list[OutputFile] = []
     datas: dict[str, dict[str, Any]] = {}
@@ -66,7 +65,10 @@ def collect(
 
 
 def _files_of(
-    node_id: str, kind: str, items: list[dict[str, Any]], root_of: Callable[[str], Path | None]
+    node_id: str,
+    kind: str,
+    items: list[dict[str, Any]],
+    root_of: Callable[[str], Path | None],
 ) -> Iterable[OutputFile]:
     for item in items:
         kind_of_dir = item.get("type", "output")
@@ -77,7 +79,9 @@ def _files_of(
             log.warning("node %s reported a file of unknown type %r", node_id, kind_of_dir)
             continue
         subfolder = item.get("subfolder") or ""
-        path = (root / subfolder / item["filename"]).resolve()
+        # normpath, not resolve(): ``..`` cannot leave the root either way, and a realpath
+        # walk per file costs more than the rest of collecting (symlinks are nodes' code).
+        path = Path(os.path.normpath(os.path.join(root, subfolder, item["filename"])))
         if not path.is_relative_to(root) or not path.is_file():
             log.warning("node %s reported %s, which is not a file under %s", node_id, path, root)
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes.jobcontext import JobContext
-from .delivery import DeliverySettings, deliver
+from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
 from .errors import JobError
 from .inputs import MediaSettings, materialize
 from .progress import ProgressCallback
@@ -40,9 +41,11 @@ class Pipeline:
     def __init__(self, executor: Executor, settings: PipelineSettings) -> None:
         self.executor = executor
         self.settings = settings
-        #: Blocking steps (input downloads, delivery) run here, never on the caller's loop:
-        #: a cross-filesystem move or an upload must not stall ``serve``'s ``/status``.
+        #: Blocking steps (input downloads, uploads, copies) run here, never on the caller's
+        #: loop: a cross-filesystem move or an upload must not stall ``serve``'s ``/status``.
         self._threads = concurrent.futures.ThreadPoolExecutor(2, "comfyui-runpod-io")
+        #: Whether local delivery is renames only (one filesystem); known on first use.
+        self._renames: bool | None = None
 
     def run_sync(self, job: Any, **kwargs: Any) -> dict[str, Any]:
         return asyncio.run(self.run(job, **kwargs))
@@ -92,7 +95,7 @@ class Pipeline:
                     result["refresh_worker"] = True
                 return self._finish(job_id, result, timings, started)
             mark = time.perf_counter()
-            busy = self._threads.submit(
+            step = functools.partial(
                 deliver,
                 request,
                 run.files,
@@ -101,7 +104,11 @@ class Pipeline:
                 node_uploads=context.uploads,
                 payload_limit=payload_limit,
             )
-            delivered = await asyncio.wrap_future(busy)
+            if request.destination == "local" and self._local_moves_are_renames():
+                delivered = step()  # a rename or two: cheaper than two thread hops
+            else:
+                busy = self._threads.submit(step)  # uploads, encodes, copies
+                delivered = await asyncio.wrap_future(busy)
             timings["deliver_s"] = time.perf_counter() - mark
             result = {"files": delivered["files"], "datas": run.datas}
             result["file_info"] = delivered["file_info"]
@@ -115,6 +122,12 @@ class Pipeline:
         finally:
             if workspace is not None:
                 _cleanup_when_settled(workspace, busy)
+
+    def _local_moves_are_renames(self) -> bool:
+        if self._renames is None:
+            output_dir = self.executor.comfy.output_dir
+            self._renames = moves_stay_on_one_filesystem(self.settings.delivery, output_dir)
+        return self._renames
 
     @staticmethod
     def _finish(

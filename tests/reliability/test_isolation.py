@@ -128,7 +128,7 @@ def test_a_job_cannot_read_the_inputs_of_a_job_queued_behind_it(
         return stolen, await victim
 
     stolen, victim = asyncio.run(scenario())
-    assert order[0].startswith("blocker-") and order[-1] == VICTIM
+    assert order[-1] == VICTIM and len(set(order)) == len(order)  # the victim ran last
     assert len(order) == len(thieves) + 2  # every thief ran while the victim's file existed
     for name, result in zip(names * 2 + names[:4], stolen, strict=True):
         assert result.get("error_code") == "validation_failed", (name, result)
