@@ -5,8 +5,8 @@
 # Stages: builder (venv, ComfyUI, custom nodes, this package; has git and compilers),
 # models (optional downloads; has curl), final (Python, tcmalloc, the results of both).
 
-# CUDA 13.0 to match the torch pair below (PyPI's torch 2.14.1 is a cu130 build, which needs
-# a driver for CUDA >= 13.0). The torch wheels carry their own CUDA libraries, so the small
+# CUDA 13.0 to match the torch trio (requirements/torch.txt: PyPI's torch 2.11.0 is a CUDA 13
+# build, which needs a driver for CUDA >= 13.0). The torch wheels carry their own CUDA libraries, so the small
 # "base" flavour (cudart, the driver check) is enough: "runtime" and "cudnn-runtime" would
 # add a second, unused copy of cuBLAS/cuDNN.
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
@@ -17,10 +17,9 @@ FROM ${BASE_IMAGE} AS builder
 # The ComfyUI release CI tests (executor/locate.py PINNED_VERSION); any vX.Y.Z tag works.
 ARG COMFYUI_VERSION=0.3.75
 ARG COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI.git
-# One matching pair, as the Makefile installs it; TORCH_INDEX_URL picks another CUDA build
-# (e.g. https://download.pytorch.org/whl/cu128; then change BASE_IMAGE to match).
-ARG TORCH_VERSION=2.14.1
-ARG TORCHVISION_VERSION=0.29.1
+# The torch trio is requirements/torch.txt, as the Makefile installs it; TORCH_INDEX_URL picks
+# another CUDA build of it (e.g. https://download.pytorch.org/whl/cu128; then change
+# BASE_IMAGE to match).
 ARG TORCH_INDEX_URL=
 # Extra custom node packs, one "GIT_URL [REF]" a line (see docker/custom-nodes.txt).
 ARG CUSTOM_NODES_FILE=docker/custom-nodes.txt
@@ -38,18 +37,17 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 
-# torch and torchvision as one pinned pair; the constraints file keeps every later install
-# (ComfyUI's, ours, custom nodes') from moving them.
+# torch, torchvision and torchaudio as one pinned trio; the constraints file keeps every
+# later install (ComfyUI's, ours, custom nodes') from moving them.
+COPY requirements/torch.txt /tmp/torch.txt
 COPY docker/constraints.txt /tmp/constraints.txt
 RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_INDEX_URL="$TORCH_INDEX_URL"; fi \
-    && pip install --no-cache-dir "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && printf 'torch==%s\ntorchvision==%s\n' "$TORCH_VERSION" "$TORCHVISION_VERSION" \
-        | cat - /tmp/constraints.txt > /opt/venv/constraints.txt \
-    && rm /tmp/constraints.txt
+    && pip install --no-cache-dir -r /tmp/torch.txt \
+    && cat /tmp/torch.txt /tmp/constraints.txt > /opt/venv/constraints.txt \
+    && rm /tmp/torch.txt /tmp/constraints.txt
 
-# ComfyUI at its release tag, and its requirements minus: torch/torchvision (above),
-# torchaudio (no release matches torch 2.14; audio nodes then do not load), and the web
-# UI's frontend, templates and docs (a worker has no UI).
+# ComfyUI at its release tag, and its requirements minus: the torch trio (above), and the
+# web UI's frontend, templates and docs (a worker has no UI).
 RUN git clone --quiet --depth 1 --branch "v${COMFYUI_VERSION}" "$COMFYUI_REPO" /comfyui \
     && grep -q "__version__ = \"${COMFYUI_VERSION}\"" /comfyui/comfyui_version.py \
     && rm -rf /comfyui/.git \

@@ -3,13 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
-# torch and torchvision must be installed as a matching pair: a torchvision built for
-# another torch fails to import ("operator torchvision::nms does not exist").
-ifeq ($(shell uname -m),aarch64)
-TORCH := torch==2.9.1 torchvision==0.24.1
-else
-TORCH := torch==2.14.1 torchvision==0.29.1
-endif
+# The torch trio (torch, torchvision, torchaudio) is pinned in requirements/torch.txt and
+# constrains every later install: a torchvision or torchaudio built for another torch fails
+# to import ("operator torchvision::nms does not exist").
+TORCH := requirements/torch.txt
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -18,12 +15,12 @@ GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
 .PHONY: setup run test lint bench gpu-check gpu-bundle clean
 
-$(STAMP): pyproject.toml requirements/comfyui-headless.txt
+$(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -r requirements/comfyui-headless.txt
-	$(BIN)/pip install --quiet -e '.[worker,test]'
+	$(BIN)/pip install --quiet -r $(TORCH)
+	$(BIN)/pip install --quiet -c $(TORCH) -r requirements/comfyui-headless.txt
+	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker,test]'
 	$(BIN)/comfyui-runpod comfyui install
 	touch $@
 

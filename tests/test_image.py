@@ -222,13 +222,26 @@ def test_comfyui_is_the_version_ci_tests(stages: dict[str, Stage], final: Stage)
     assert f'"$COMFYUI_REPO" {final.env()["COMFYUI_PATH"]} ' in clone
 
 
-def test_torch_pair_is_the_one_the_makefile_installs(stages: dict[str, Stage]) -> None:
+def test_torch_trio_is_the_one_the_makefile_installs(stages: dict[str, Stage]) -> None:
+    """One place pins torch, torchvision and torchaudio: the image and `make` both install
+    requirements/torch.txt and constrain every later install with it."""
     makefile = (REPO / "Makefile").read_text()
-    (default_pair,) = re.findall(r"^else\nTORCH := (.+)$", makefile, re.M)
+    assert re.search(r"^TORCH := requirements/torch.txt$", makefile, re.M)
+    assert "pip install --quiet -r $(TORCH)" in makefile
+    assert makefile.count("-c $(TORCH)") == 2
     builder = stages["builder"]
-    expected = f"torch=={builder.args['TORCH_VERSION']} "
-    expected += f"torchvision=={builder.args['TORCHVISION_VERSION']}"
-    assert default_pair.strip() == expected
+    assert "requirements/torch.txt /tmp/torch.txt" in builder.all("COPY")
+    (install,) = [run for run in builder.all("RUN") if "-r /tmp/torch.txt" in run]
+    assert "cat /tmp/torch.txt /tmp/constraints.txt > /opt/venv/constraints.txt" in install
+    pins = re.findall(
+        r"^(torch|torchvision|torchaudio)==(\S+); platform_machine == \"(\w+)\"$",
+        (REPO / "requirements" / "torch.txt").read_text(),
+        re.M,
+    )
+    by_machine: dict[str, set[str]] = {}
+    for name, _, machine in pins:
+        by_machine.setdefault(machine, set()).add(name)
+    assert by_machine == {m: {"torch", "torchvision", "torchaudio"} for m in ("x86_64", "aarch64")}
 
 
 def test_base_image_cuda_matches_the_hub_cuda_versions(stages: dict[str, Stage]) -> None:
