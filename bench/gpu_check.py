@@ -470,7 +470,7 @@ def step_boot(check: Check, budget: float) -> dict[str, Any]:
         "device": comfy.device,
         "comfyui": comfy.location.describe(),
         "node_types": len(comfy.nodes.NODE_CLASS_MAPPINGS),
-        "failed_custom_nodes": comfy.failed_custom_nodes,
+        "failed_modules": [f.line for f in comfy.failed_modules],
     }
     data["summary"] = f"ComfyUI {comfy.location.version} on {comfy.device} in {comfy.boot_s:.1f} s"
     expect(

@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import Any
 
 from .locate import ComfyLocation, find_comfyui, is_comfyui_tree, read_version
+from .node_imports import FailedModule, ImportReport
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ class Comfy:
     empty_input: Path
     #: Parent of the per-job input folders.
     job_inputs: Path
-    failed_custom_nodes: list[str]
+    #: Node modules (ComfyUI's own and custom packs) that failed to import at boot.
+    failed_modules: list[FailedModule]
 
 
 class HeadlessServer:
@@ -151,23 +153,26 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
     headless = HeadlessServer()
     server.PromptServer.instance = headless
     _register_own_nodes(nodes)
-    failed = loop.run_until_complete(
-        nodes.init_extra_nodes(init_custom_nodes=settings.load_custom_nodes, init_api_nodes=False)
-    )
-    failed = list(failed or [])
+    with ImportReport(location.path).capturing() as report:
+        loop.run_until_complete(
+            nodes.init_extra_nodes(
+                init_custom_nodes=settings.load_custom_nodes, init_api_nodes=False
+            )
+        )
     # ~0.5 M long-lived objects now exist: keep them out of every later full collection
     # (130-460 ms each) and out of interpreter teardown (1.5 s at `run` exit).
     gc.collect()
     gc.freeze()
     device = str(model_management.get_torch_device())
     elapsed = time.perf_counter() - started
+    failed = report.failed
     log.info(
         "ComfyUI %s ready on %s in %.1fs: %d node types%s",
         location.version,
         device,
         elapsed,
         len(nodes.NODE_CLASS_MAPPINGS),
-        f", {len(failed)} failed to import: {', '.join(failed)}" if failed else "",
+        f", {len(failed)} node modules failed to import (above)" if failed else "",
     )
     return Comfy(
         location=location,
@@ -182,7 +187,7 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         temp_dir=dirs["temp"],
         empty_input=dirs["input"],
         job_inputs=dirs["job-inputs"],
-        failed_custom_nodes=failed,
+        failed_modules=failed,
     )
 
 

@@ -7,10 +7,11 @@ folder, and reports a cycle without naming a node; these name every culprit inst
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .errors import JobError
+from .node_imports import FailedModule, provider_of
 
 #: At most this many nodes are named in an error line; ``details`` has them all.
 _MAX_NAMED = 10
@@ -22,8 +23,13 @@ def _listing(items: list[str], sep: str = ", ") -> str:
     return f"{shown}{sep}and {more} more (see details)" if more > 0 else shown
 
 
-def unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobError | None:
-    """Name every unknown node type at once (ComfyUI stops at the first)."""
+def unknown_node_types(
+    prompt: Mapping[str, Any],
+    known: Mapping[str, Any],
+    failed_modules: Sequence[FailedModule] = (),
+) -> JobError | None:
+    """Name every unknown node type at once (ComfyUI stops at the first), and the module
+    that would have provided it when that module failed to import at boot."""
     missing = {}
     for node_id, node in prompt.items():
         class_type = node.get("class_type") if isinstance(node, dict) else None
@@ -31,12 +37,30 @@ def unknown_node_types(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> J
             missing[str(node_id)] = class_type
     if not missing:
         return None
+    broken = {
+        class_type: module
+        for class_type in {ct for ct in missing.values() if isinstance(ct, str)}
+        if (module := provider_of(class_type, failed_modules)) is not None
+    }
     listed = _listing([f"node {node_id} ({ct!r})" for node_id, ct in missing.items()])
+    detail: dict[str, Any] = {"unknown_node_types": missing}
+    if broken:
+        causes = "; ".join(
+            f"{ct} comes from {module.name}, which failed to import at boot ({module.error})"
+            for ct, module in sorted(broken.items())
+        )
+        detail["failed_modules"] = {ct: module.line for ct, module in broken.items()}
+        return JobError(
+            "validation_failed",
+            f"unknown node type in {listed}: {causes}; fix that module's dependencies on "
+            "the worker",
+            detail,
+        )
     return JobError(
         "validation_failed",
         f"unknown node type in {listed}: install the custom nodes that provide "
         "them on the worker, or fix class_type",
-        {"unknown_node_types": missing},
+        detail,
     )
 
 

@@ -161,6 +161,16 @@ def _parser() -> argparse.ArgumentParser:
     install.set_defaults(func=_cmd_install)
     where = sub.add_parser("where", help="print which ComfyUI would be used, and why")
     where.set_defaults(func=_cmd_where)
+    node_list = sub.add_parser(
+        "nodes",
+        help="boot ComfyUI and list its node types and the node modules that failed to import",
+    )
+    node_list.add_argument("--json", action="store_true", help="print one JSON object")
+    node_list.add_argument(
+        "--strict", action="store_true", help="exit 1 when any node module failed to import"
+    )
+    _add_boot_options(node_list)
+    node_list.set_defaults(func=_cmd_nodes)
     return parser
 
 
@@ -303,3 +313,21 @@ def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_where(args: argparse.Namespace, _: list[str]) -> int:
     print(find_comfyui().describe())
     return 0
+
+
+def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
+    from .node_imports import summary
+
+    with Executor(boot_settings(args)) as executor:
+        comfy = executor.comfy
+        types = sorted(comfy.nodes.NODE_CLASS_MAPPINGS)
+        failed = comfy.failed_modules
+        if args.json:
+            report = {**summary(failed, comfy.nodes.NODE_CLASS_MAPPINGS), "types": types}
+            print(json.dumps(report, indent=2))
+        else:
+            print("\n".join(types))
+            print(f"# {len(types)} node types; {len(failed)} node modules failed to import")
+            for module in failed:
+                print(f"# FAILED {module.line}")
+    return 1 if args.strict and failed else 0

@@ -405,7 +405,9 @@ class Executor:
     ) -> JobError | list[str]:
         """ComfyUI's own validation; returns the output nodes to run, or the error."""
         known = comfy.nodes.NODE_CLASS_MAPPINGS
-        refused = checks.unknown_node_types(prompt, known) or checks.escaping_files(prompt, known)
+        refused = checks.unknown_node_types(
+            prompt, known, comfy.failed_modules
+        ) or checks.escaping_files(prompt, known)
         if refused:
             return refused
         replacer = getattr(comfy.server, "node_replace_manager", None)
@@ -478,10 +480,15 @@ def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
     """
     for node in prompt.values():
         inputs = node.get("inputs") if isinstance(node, dict) else None
-        if isinstance(inputs, dict) and isinstance(inputs.get("filename_prefix"), str):
-            parts = inputs["filename_prefix"].replace("\\", "/").split("/")
-            kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
-            inputs["filename_prefix"] = "/".join([folder, *kept])
+        if not isinstance(inputs, dict) or "filename_prefix" not in inputs:
+            continue
+        prefix = inputs["filename_prefix"]
+        if isinstance(prefix, list):  # a link: its value only exists at run time
+            continue
+        # A literal that is not a string is str()-ed by ComfyUI's validation: do it first.
+        parts = str(prefix).replace("\\", "/").split("/")
+        kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
+        inputs["filename_prefix"] = "/".join([folder, *kept])
 
 
 def _execution_error(

@@ -359,3 +359,54 @@ def test_closed_executor_cancels_its_queue_and_cannot_restart(tmp_path: Path) ->
     assert report["queued_files"] == []
     assert len(report["restart"]) == 2
     assert all("closed" in line for line in report["restart"])
+
+
+def test_no_core_node_module_fails_with_the_projects_set_up(executor: Executor) -> None:
+    """The torch trio brings torchaudio: every module of ComfyUI's own imports."""
+    core = [module.line for module in executor.comfy.failed_modules if module.core]
+    assert core == []
+    assert {"LoadAudio", "SaveAudio", "SaveAudioOpus", "SaveVideo", "CreateVideo"} <= set(
+        executor.comfy.nodes.NODE_CLASS_MAPPINGS
+    )
+
+
+def test_a_pack_that_fails_to_import_is_named_with_its_error(executor: Executor) -> None:
+    [broken] = [m for m in executor.comfy.failed_modules if m.name.endswith("broken_pack")]
+    assert not broken.core
+    assert broken.error == (
+        "ImportError: broken_pack needs libmissing, which this worker lacks (a test pack)"
+    )
+    assert broken.node_types == {"TestBrokenPackNode"}
+    prompt = workflows.invert(0)
+    prompt["4"] = {"class_type": "TestBrokenPackNode", "inputs": {}}
+    prompt["5"] = {"class_type": "NoSuchNode", "inputs": {}}
+    result = executor.run(prompt, executor.workspace("broken-pack"))
+    assert result.error is not None and result.error.code == "validation_failed"
+    message = result.error.message
+    assert "node 4 ('TestBrokenPackNode')" in message and "node 5 ('NoSuchNode')" in message
+    assert "TestBrokenPackNode comes from " in message
+    assert "which failed to import at boot (ImportError: broken_pack needs libmissing" in message
+    assert result.error.detail["failed_modules"] == {"TestBrokenPackNode": broken.line}
+
+
+def test_comfyui_nodes_lists_types_and_failed_modules_in_one_line_each() -> None:
+    """`comfyui nodes` boots ComfyUI: one log line per failed module, no traceback wall."""
+    custom = Path(__file__).resolve().parent / "custom_nodes"
+    command = ["comfyui", "nodes", "--cpu", "--json", "--custom-nodes", str(custom), "--strict"]
+    done = subprocess.run(
+        [sys.executable, "-m", "comfyui_runpod", *command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]  # --strict: a module failed
+    report = json.loads(done.stdout)
+    assert "SaveImage" in report["types"] and "TestSlowSteps" in report["types"]
+    assert report["nodeTypes"] == len(report["types"])
+    assert [f["module"].endswith("broken_pack") for f in report["failed"]] == [True]
+    assert "Traceback" not in done.stderr
+    [line] = [x for x in done.stderr.splitlines() if "node module failed to import" in x]
+    assert line.endswith(
+        "broken_pack: ImportError: broken_pack needs libmissing, which this "
+        "worker lacks (a test pack)"
+    )

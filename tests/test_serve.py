@@ -141,6 +141,11 @@ def test_sdk_cancel_health_purge_queue(serve, monkeypatch):
     health = endpoint.health()
     assert health["jobs"]["inProgress"] == 0 and health["jobs"]["inQueue"] == 0
     assert health["workers"] == {"idle": 1, "running": 0, "unhealthy": 0}
+    # an extra: the node set, with the tests' deliberately broken pack as its one failure
+    assert health["comfyui"]["version"] == "0.3.75"
+    assert health["comfyui"]["nodeTypes"] > 400
+    assert health["comfyui"]["failedModules"] == 1
+    assert health["comfyui"]["failed"][0]["module"].endswith("broken_pack")
 
 
 # -- the contract's raw HTTP shapes ----------------------------------------------------------
@@ -317,7 +322,8 @@ def test_health_counts_after_a_mix_of_jobs(serve):
     assert running.call("POST", f"retry/{failed['id']}")[0] == 200
     running.wait(failed["id"], "FAILED")
 
-    assert running.call("GET", "health")[1] == {
+    health = running.call("GET", "health")[1]
+    assert {key: health[key] for key in ("jobs", "workers")} == {
         "jobs": {"completed": 2, "failed": 3, "inProgress": 0, "inQueue": 0, "retried": 1},
         "workers": {"idle": 1, "running": 0, "unhealthy": 0},
     }

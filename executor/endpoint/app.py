@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
 from ..errors import JobError, mib
+from ..node_imports import summary
 from ..pipeline import Pipeline
 from ..request import parse_policy
 from .jobs import FINAL_CHUNK, IN_PROGRESS, IN_QUEUE, Job, JobQueue, NotRetryable
@@ -42,6 +43,7 @@ class LocalEndpoint:
     """The routes, bound to one pipeline and one :class:`JobQueue`."""
 
     def __init__(self, pipeline: Pipeline, settings: ServeSettings) -> None:
+        self.pipeline = pipeline
         self.settings = settings
         self.webhooks = WebhookSender(
             attempts=settings.webhook_attempts,
@@ -121,7 +123,13 @@ class LocalEndpoint:
         return _json({"removed": self.jobs.purge(), "status": "completed"})
 
     async def health(self, request: web.Request) -> web.Response:
-        return _json(self.jobs.health())
+        """The hosted ``jobs``/``workers`` counts, plus (an extra) the booted ComfyUI and
+        the node modules that failed to import."""
+        comfy = self.pipeline.executor.comfy
+        nodes = summary(comfy.failed_modules, comfy.nodes.NODE_CLASS_MAPPINGS)
+        return _json(
+            {**self.jobs.health(), "comfyui": {"version": comfy.location.version, **nodes}}
+        )
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         """A local output file. Only names the job recorded are served, so no request
