@@ -65,8 +65,8 @@ def _read(item: InputMedia, settings: MediaSettings) -> bytes:
         ) from None
 
 
-def _download(name: str, url: str, settings: MediaSettings) -> bytes:
-    """``name``: how errors call the file ("input image x.png", "input.files[0] (a.wav)")."""
+def _download(label: str, url: str, settings: MediaSettings) -> bytes:
+    """``label``: how errors name the file ("input image x.png", "input.files[0] (a.wav)")."""
     try:
         with open_checked_url(
             url, timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls
@@ -75,30 +75,30 @@ def _download(name: str, url: str, settings: MediaSettings) -> bytes:
             if declared and declared.isdigit() and int(declared) > settings.max_bytes:
                 raise JobError(
                     "invalid_input",
-                    f"{name} at {_host(url)} is {mib(int(declared))}, "
+                    f"{label} at {_host(url)} is {mib(int(declared))}, "
                     f"over the {mib(settings.max_bytes)} limit",
                 )
             data = response.read(settings.max_bytes + 1)
     except JobError:
         raise
     except PrivateAddress as exc:
-        raise JobError("invalid_input", f"{name}: {exc}, which job URLs may not reach") from None
+        raise JobError("invalid_input", f"{label}: {exc}, which job URLs may not reach") from None
     except URLRefused as exc:
-        raise JobError("invalid_input", f"{name}: {exc}") from None
+        raise JobError("invalid_input", f"{label}: {exc}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise JobError(
-            "invalid_input", f"{name}: could not download from {_host(url)}: {reason}"
+            "invalid_input", f"{label}: could not download from {_host(url)}: {reason}"
         ) from None
     if len(data) > settings.max_bytes:
         raise JobError(
             "invalid_input",
-            f"{name} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
+            f"{label} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
         )
     return data
 
 
-def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
+def _check_image(label: str, data: bytes, settings: MediaSettings) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -107,17 +107,17 @@ def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
             if width * height > settings.max_pixels:
                 raise JobError(
                     "invalid_input",
-                    f"{name} is {width}x{height}, over the {settings.max_pixels} pixel limit",
+                    f"{label} is {width}x{height}, over the {settings.max_pixels} pixel limit",
                 )
             image.verify()
     except JobError:
         raise
     except Image.DecompressionBombError:
         raise JobError(
-            "invalid_input", f"{name} is over the {settings.max_pixels} pixel limit"
+            "invalid_input", f"{label} is over the {settings.max_pixels} pixel limit"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise JobError("invalid_input", f"{name} is not a readable image") from None
+        raise JobError("invalid_input", f"{label} is not a readable image") from None
 
 
 def _host(url: str) -> str:
