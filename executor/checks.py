@@ -88,7 +88,8 @@ def escaping_files(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobEr
                     return JobError(
                         "validation_failed",
                         f"node {node_id} ({node['class_type']}): {name} {value!r} is outside "
-                        "the job's input files; use the plain name of a file sent in input.images",
+                        "the job's input files; use the plain name of a file sent in "
+                        "input.images or input.files",
                     )
     return None
 

@@ -1,8 +1,11 @@
-"""Write a job's input media into its own input folder, where ``LoadImage`` finds it.
+"""Write a job's input media into its own input folder, where ``LoadImage``, ``LoadAudio``
+and ``LoadVideo`` find it.
 
 Sources are base64, ``data:`` URIs or http(s) URLs. Everything is bounded: decoded size,
 image dimensions (a small PNG can claim 100k x 100k pixels), download time, and URLs may
 not reach private or loopback addresses unless the operator allows it (``urlguard``).
+Images are checked to be images; other files (``input.files`` objects) are written as
+they come: ComfyUI's loaders are what can tell a broken clip.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def materialize(media: Iterable[InputMedia], folder: Path, settings: MediaSettin
     written = []
     for item in media:
         data = _read(item, settings)
-        _check_image(item.name, data, settings)
+        if item.image:
+            _check_image(item.label, data, settings)
         path = folder / item.name
         path.write_bytes(data)
         written.append(path)
@@ -46,24 +50,23 @@ def materialize(media: Iterable[InputMedia], folder: Path, settings: MediaSettin
 def _read(item: InputMedia, settings: MediaSettings) -> bytes:
     source = item.source.strip()
     if source.startswith(("http://", "https://")):
-        return _download(item.name, source, settings)
+        return _download(item.label, source, settings)
     if source.startswith("data:"):
         header, _, source = source.partition(",")
         if ";base64" not in header:
-            raise JobError("invalid_input", f"input image {item.name}: data URI is not base64")
+            raise JobError("invalid_input", f"{item.label}: data URI is not base64")
     if len(source) * 3 // 4 > settings.max_bytes:
-        raise JobError(
-            "invalid_input", f"input image {item.name} is larger than {mib(settings.max_bytes)}"
-        )
+        raise JobError("invalid_input", f"{item.label} is larger than {mib(settings.max_bytes)}")
     try:
         return base64.b64decode("".join(source.split()), validate=True)
     except (binascii.Error, ValueError):
         raise JobError(
-            "invalid_input", f"input image {item.name} is not valid base64, a data URI or a URL"
+            "invalid_input", f"{item.label} is not valid base64, a data URI or a URL"
         ) from None
 
 
-def _download(name: str, url: str, settings: MediaSettings) -> bytes:
+def _download(label: str, url: str, settings: MediaSettings) -> bytes:
+    """``label``: how errors name the file ("input image x.png", "input.files[0] (a.wav)")."""
     try:
         with open_checked_url(
             url, timeout_s=settings.url_timeout_s, allow_private=settings.allow_private_urls
@@ -72,32 +75,30 @@ def _download(name: str, url: str, settings: MediaSettings) -> bytes:
             if declared and declared.isdigit() and int(declared) > settings.max_bytes:
                 raise JobError(
                     "invalid_input",
-                    f"input image {name} at {_host(url)} is {mib(int(declared))}, "
+                    f"{label} at {_host(url)} is {mib(int(declared))}, "
                     f"over the {mib(settings.max_bytes)} limit",
                 )
             data = response.read(settings.max_bytes + 1)
     except JobError:
         raise
     except PrivateAddress as exc:
-        raise JobError(
-            "invalid_input", f"input image {name}: {exc}, which job URLs may not reach"
-        ) from None
+        raise JobError("invalid_input", f"{label}: {exc}, which job URLs may not reach") from None
     except URLRefused as exc:
-        raise JobError("invalid_input", f"input image {name}: {exc}") from None
+        raise JobError("invalid_input", f"{label}: {exc}") from None
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise JobError(
-            "invalid_input", f"input image {name}: could not download from {_host(url)}: {reason}"
+            "invalid_input", f"{label}: could not download from {_host(url)}: {reason}"
         ) from None
     if len(data) > settings.max_bytes:
         raise JobError(
             "invalid_input",
-            f"input image {name} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
+            f"{label} at {_host(url)} is over the {mib(settings.max_bytes)} limit",
         )
     return data
 
 
-def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
+def _check_image(label: str, data: bytes, settings: MediaSettings) -> None:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -106,18 +107,17 @@ def _check_image(name: str, data: bytes, settings: MediaSettings) -> None:
             if width * height > settings.max_pixels:
                 raise JobError(
                     "invalid_input",
-                    f"input image {name} is {width}x{height}, "
-                    f"over the {settings.max_pixels} pixel limit",
+                    f"{label} is {width}x{height}, over the {settings.max_pixels} pixel limit",
                 )
             image.verify()
     except JobError:
         raise
     except Image.DecompressionBombError:
         raise JobError(
-            "invalid_input", f"input image {name} is over the {settings.max_pixels} pixel limit"
+            "invalid_input", f"{label} is over the {settings.max_pixels} pixel limit"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise JobError("invalid_input", f"input image {name} is not a readable image") from None
+        raise JobError("invalid_input", f"{label} is not a readable image") from None
 
 
 def _host(url: str) -> str:

@@ -33,10 +33,20 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
 @dataclass(frozen=True)
 class InputMedia:
-    """A file the job brings for ``LoadImage``: a safe file name and where its bytes are."""
+    """A file the job brings for ``LoadImage``, ``LoadAudio``, ``LoadVideo``…: a safe file
+    name and where its bytes are."""
 
     name: str
     source: str  # base64, data: URI or http(s) URL
+    #: Whether it must be a readable image: ``input.images`` and plain ``input.files``
+    #: strings are (their names say .png); ``input.files`` objects may be any file.
+    image: bool = True
+    #: How errors name it; empty: "input image <name>".
+    where: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.where or f"input image {self.name}"
 
 
 #: Where a job's files go, decided once when the job is parsed (see :func:`destination`).
@@ -193,14 +203,29 @@ def _parse_media(images: Any, files: Any) -> list[InputMedia]:
                 raise JobError("invalid_input", f'{where} must be {{"name": ..., "image": ...}}')
             media.append(InputMedia(safe_file_name(item.get("name"), where), item["image"]))
     if files is not None:
-        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            raise JobError("invalid_input", "input.files must be a list of base64 strings")
-        media.extend(InputMedia(f"upload-{i}.png", data) for i, data in enumerate(files))
+        if not isinstance(files, list):
+            raise JobError(
+                "invalid_input", 'input.files must be a list of base64 strings or {"name", "file"}'
+            )
+        media.extend(_parse_file(index, item) for index, item in enumerate(files))
     names = [m.name for m in media]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise JobError("invalid_input", f"input media names repeat: {', '.join(duplicates)}")
     return media
+
+
+def _parse_file(index: int, item: Any) -> InputMedia:
+    """``input.files[index]``: a plain base64 string is the original worker's image, saved as
+    ``upload-<index>.png``; an object brings any file (audio, video…) under its own name."""
+    where = f"input.files[{index}]"
+    if isinstance(item, str):
+        return InputMedia(f"upload-{index}.png", item)
+    if not isinstance(item, Mapping) or not isinstance(item.get("file"), str):
+        shape = '{"name": ..., "file": "<base64 | data URI | URL>"}'
+        raise JobError("invalid_input", f"{where} must be a base64 string or {shape}")
+    name = safe_file_name(item.get("name"), where)
+    return InputMedia(name, item["file"], image=False, where=f"{where} ({name})")
 
 
 def parse_policy(policy: Any) -> Policy:

@@ -45,6 +45,9 @@ _EXTRA_TYPES = {
     ".wav": "audio/wav",
     ".mp3": "audio/mpeg",
     ".ogg": "audio/ogg",
+    # SaveAudioOpus writes .opus files, which are Ogg containers (RFC 7845): browsers play
+    # audio/ogg, and platforms disagree on .opus (audio/opus names the bare codec).
+    ".opus": "audio/ogg",
     ".json": "application/json",
     ".txt": "text/plain",
     ".safetensors": "application/octet-stream",

@@ -56,7 +56,16 @@ def test_workflow_as_object_or_json_string() -> None:
             "repeat: a.png",
         ),
         (job(files="x"), "input.files"),
-        (job(files=[1]), "input.files"),
+        (job(files=[1]), "input.files[0] must be a base64 string or {"),
+        (job(files=["AA==", {"file": "AA=="}]), "input.files[1]: None is not an allowed"),
+        (job(files=[{"name": "a.wav"}]), "input.files[0] must be"),
+        (job(files=[{"name": "a.wav", "file": 5}]), "input.files[0] must be"),
+        (job(files=[{"name": "../a.wav", "file": "AA=="}]), "input.files[0]: '../a.wav'"),
+        (job(files=["AA==", {"name": "upload-0.png", "file": "AA=="}]), "repeat: upload-0.png"),
+        (
+            job(images=[{"name": "a.wav", "image": "AA=="}], files=[{"name": "a.wav", "file": ""}]),
+            "repeat: a.wav",
+        ),
         (job(tobucket="s3://x"), "input.tobucket"),
         (job(tobucket={"endpointUrl": "http://127.0.0.1:1"}), "input.tobucket"),
         ({**job(), "s3Config": []}, "s3Config"),
@@ -87,9 +96,18 @@ def test_policy_timeout_in_milliseconds_either_spelling() -> None:
 
 def test_media_from_images_and_original_files_list() -> None:
     request = parse_job(job(images=[{"name": "in.png", "image": "AA=="}], files=["BB=="]), {})
-    assert [(m.name, m.source) for m in request.media] == [
-        ("in.png", "AA=="),
-        ("upload-0.png", "BB=="),
+    assert [(m.name, m.source, m.image) for m in request.media] == [
+        ("in.png", "AA==", True),
+        ("upload-0.png", "BB==", True),
+    ]
+
+
+def test_files_objects_keep_their_names_and_skip_the_image_check() -> None:
+    files = ["AA==", {"name": "voice.wav", "file": "data:audio/wav;base64,BB=="}]
+    request = parse_job(job(files=files), {})
+    assert [(m.name, m.image, m.label) for m in request.media] == [
+        ("upload-0.png", True, "input image upload-0.png"),
+        ("voice.wav", False, "input.files[1] (voice.wav)"),
     ]
 
 

@@ -230,6 +230,50 @@ def test_bad_input_media(make_pipeline, web: str, source: str, settings: dict, c
     assert "error" not in good
 
 
+def test_input_file_objects_may_be_any_file_under_their_own_name(make_pipeline, web: str) -> None:
+    """Objects in input.files are not image-checked (audio, video…) and may come by URL."""
+    job = {
+        "id": "file-objects",
+        "input": {
+            "workflow": workflows.load_and_save("in.png"),
+            "files": [
+                {"name": "notes.txt", "file": base64.b64encode(b"not an image").decode()},
+                {"name": "in.png", "file": f"{web}/in.png"},
+            ],
+            "tobase64": True,
+        },
+    }
+    result = make_pipeline().run_sync(job)
+    assert "error" not in result, result.get("error")
+    assert colors(base64.b64decode(result["files"][0])) == {(1, 2, 3)}
+
+
+@pytest.mark.parametrize(
+    ("entry", "settings", "culprit"),
+    [
+        ({"name": "a.wav", "file": "not base64!"}, {}, "input.files[0] (a.wav) is not valid"),
+        ({"name": "a.wav", "file": "AAAAAAAAAAAAAAAA"}, {"max_bytes": 4}, "(a.wav) is larger"),
+        ({"name": "a.wav", "file": "WEB/huge.png"}, {}, "input.files[0] (a.wav) at 127.0.0.1"),
+        (
+            {"name": "a.wav", "file": "WEB/in.png"},
+            {"allow_private_urls": False},
+            "input.files[0] (a.wav): ",
+        ),
+        ({"file": "AA=="}, {}, "input.files[0]: None is not an allowed file name"),
+        ({"name": "a.wav"}, {}, 'input.files[0] must be a base64 string or {"name"'),
+        ({"name": "../a.wav", "file": "AA=="}, {}, "input.files[0]: '../a.wav' is not an allowed"),
+    ],
+)
+def test_bad_input_file_objects_name_the_entry(
+    make_pipeline, web: str, entry: dict, settings: dict, culprit: str
+) -> None:
+    entry = {k: v.replace("WEB", web) for k, v in entry.items()}
+    job = {"id": "bad-file", "input": {"workflow": workflows.invert(0), "files": [entry]}}
+    result = make_pipeline(**settings).run_sync(job)
+    assert result["error_code"] == "invalid_input"
+    assert culprit in result["error"]
+
+
 def test_image_bomb_is_refused_before_decoding(make_pipeline) -> None:
     buffer = io.BytesIO()
     Image.new("1", (20000, 20000)).save(buffer, "PNG")  # tiny file, 400 MP
