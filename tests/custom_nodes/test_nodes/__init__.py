@@ -84,7 +84,8 @@ class TestLateSave:
     FUNCTION = "run"
     OUTPUT_NODE = True
     RETURN_TYPES = ()
-    #: Every file written, for the tests to check what became of it.
+    #: Runs started and files written, for the tests to check what became of them.
+    started: ClassVar[list[float]] = []
     written: ClassVar[list[str]] = []
 
     @classmethod
@@ -98,6 +99,7 @@ class TestLateSave:
         }
 
     def run(self, images, filename_prefix, delay):
+        self.started.append(time.monotonic())
         time.sleep(delay)
         output = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
