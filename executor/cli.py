@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .boot import BootSettings
+from .errors import JobError
 from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
 from .request import job_from_document
 from .runner import Executor
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, rest)
     except ComfyUINotFound as exc:
         log.error("%s", exc)
+        return 2
+    except JobError as exc:  # a boot manifest that cannot be fetched
+        log.error("%s", exc.line)
         return 2
 
 
@@ -66,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--timeout", type=float, help="execution timeout in seconds")
     _add_boot_options(run)
+    _add_job_options(run)
     run.set_defaults(func=_cmd_run)
 
     worker = commands.add_parser(
@@ -79,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         help="workflow run once before taking jobs (env COMFYUI_RUNPOD_WARMUP)",
     )
     _add_boot_options(worker)
+    _add_job_options(worker)
     worker.set_defaults(func=_cmd_worker)
 
     serve = commands.add_parser(
@@ -149,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         help="timeout of each webhook try (default: %(default)g)",
     )
     _add_boot_options(serve)
+    _add_job_options(serve)
     serve.set_defaults(func=_cmd_serve)
 
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
@@ -228,14 +235,66 @@ def _parse_flag(flag: str) -> tuple[str, Any]:
         return name.replace("-", "_"), value
 
 
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("jobs")
+    group.add_argument(
+        "--model-cache",
+        type=Path,
+        default=os.environ.get("COMFYUI_RUNPOD_MODEL_CACHE") or None,
+        metavar="DIR",
+        help="where models named by URL are kept (env COMFYUI_RUNPOD_MODEL_CACHE; default: "
+        "/runpod-volume/comfyui-runpod/models on a network volume, else ~/.cache/…)",
+    )
+    group.add_argument(
+        "--model-cache-size",
+        type=float,
+        default=float(os.environ.get("COMFYUI_RUNPOD_MODEL_CACHE_SIZE") or 0) or None,
+        metavar="GB",
+        help="evict least recently used models past this size (env "
+        "COMFYUI_RUNPOD_MODEL_CACHE_SIZE; default: no cap)",
+    )
+    group.add_argument(
+        "--models",
+        type=Path,
+        default=os.environ.get("COMFYUI_RUNPOD_MODELS") or None,
+        metavar="YAML",
+        help="models to have in the cache before the first job (env COMFYUI_RUNPOD_MODELS; "
+        "see docs/models.md)",
+    )
+    group.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=os.environ.get("COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS", "") in ("1", "true", "yes"),
+        help="let media and model URLs reach loopback and private addresses: trusted "
+        "networks and local testing only (env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
+    )
+
+
 def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     from .delivery import DeliverySettings
+    from .inputs import MediaSettings
+    from .models import ModelSettings, default_cache_dir, read_manifest
     from .pipeline import Pipeline, PipelineSettings
 
+    manifest = read_manifest(args.models) if args.models else []
+    size = args.model_cache_size
+    models = ModelSettings(
+        cache_dir=args.model_cache or default_cache_dir(),
+        max_cache_bytes=None if size is None else int(size * 1024**3),
+        allow_private_urls=args.allow_private_urls,
+    )
     executor = Executor(boot_settings(args))
     comfy = executor.start()
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
-    return Pipeline(executor, PipelineSettings(delivery=DeliverySettings(local_dir=local_dir)))
+    settings = PipelineSettings(
+        delivery=DeliverySettings(local_dir=local_dir),
+        media=MediaSettings(allow_private_urls=args.allow_private_urls),
+        models=models,
+    )
+    pipeline = Pipeline(executor, settings)
+    if manifest:
+        pipeline.prefetch(manifest)
+    return pipeline
 
 
 def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:

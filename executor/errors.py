@@ -19,6 +19,9 @@ CODES = frozenset(
         "cancelled",
         "upload_failed",
         "payload_too_large",
+        "model_download_failed",
+        "model_checksum_mismatch",
+        "model_too_large",
         "internal_error",
     }
 )

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..nodes.storage import BucketConfig, StorageError, open_object
 from .errors import JobError, mib
 from .request import InputMedia
 from .urlguard import PrivateAddress, URLRefused, open_checked_url
@@ -34,11 +35,17 @@ class MediaSettings:
     allow_private_urls: bool = False
 
 
-def materialize(media: Iterable[InputMedia], folder: Path, settings: MediaSettings) -> list[Path]:
+def materialize(
+    media: Iterable[InputMedia],
+    folder: Path,
+    settings: MediaSettings,
+    bucket: BucketConfig | None = None,
+) -> list[Path]:
+    """Write ``media`` into ``folder``; ``bucket`` holds the job's keys for ``s3://``."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for item in media:
-        data = _read(item, settings)
+        data = _read(item, settings, bucket)
         if item.image:
             _check_image(item.label, data, settings)
         path = folder / item.name
@@ -47,10 +54,12 @@ def materialize(media: Iterable[InputMedia], folder: Path, settings: MediaSettin
     return written
 
 
-def _read(item: InputMedia, settings: MediaSettings) -> bytes:
+def _read(item: InputMedia, settings: MediaSettings, bucket: BucketConfig | None) -> bytes:
     source = item.source.strip()
     if source.startswith(("http://", "https://")):
         return _download(item.label, source, settings)
+    if source.startswith("s3://"):
+        return _read_object(item.label, source, settings, bucket)
     if source.startswith("data:"):
         header, _, source = source.partition(",")
         if ";base64" not in header:
@@ -63,6 +72,26 @@ def _read(item: InputMedia, settings: MediaSettings) -> bytes:
         raise JobError(
             "invalid_input", f"{item.label} is not valid base64, a data URI or a URL"
         ) from None
+
+
+def _read_object(
+    label: str, url: str, settings: MediaSettings, bucket: BucketConfig | None
+) -> bytes:
+    """``s3://bucket/key`` with the job's bucket keys (``tobucket`` > ``s3Config`` > env)."""
+    if bucket is None:
+        raise JobError(
+            "invalid_input",
+            f"{label}: s3:// needs bucket credentials (input.tobucket, s3Config or BUCKET_* env)",
+        )
+    name, _, key = url[len("s3://") :].partition("/")
+    try:
+        body, size, _ = open_object(bucket, name, key)
+    except StorageError as exc:
+        raise JobError("invalid_input", f"{label}: could not read {url}: {exc}") from None
+    with body:
+        if size > settings.max_bytes:
+            raise JobError("invalid_input", f"{label} is larger than {mib(settings.max_bytes)}")
+        return body.read(settings.max_bytes + 1)
 
 
 def _download(label: str, url: str, settings: MediaSettings) -> bytes:

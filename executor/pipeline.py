@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..nodes.jobcontext import JobContext
+from . import models
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
 from .errors import JobError
 from .inputs import MediaSettings, materialize
+from .models import ModelCache, ModelSettings, ModelSpec, default_cache_dir
 from .progress import ProgressCallback
-from .request import parse_job
+from .request import JobRequest, parse_job
 from .runner import Executor, Workspace
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ class PipelineSettings:
     delivery: DeliverySettings
     media: MediaSettings = field(default_factory=MediaSettings)
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    models: ModelSettings = field(default_factory=lambda: ModelSettings(default_cache_dir()))
 
 
 class Pipeline:
@@ -46,6 +50,29 @@ class Pipeline:
         self._threads = concurrent.futures.ThreadPoolExecutor(2, "comfyui-runpod-io")
         #: Whether local delivery is renames only (one filesystem); known on first use.
         self._renames: bool | None = None
+        self._models: ModelCache | None = None
+
+    @property
+    def models(self) -> ModelCache:
+        """The model cache (its folders are made on first use)."""
+        if self._models is None:
+            self._models = ModelCache(self.settings.models)
+        return self._models
+
+    def prefetch(self, specs: Sequence[ModelSpec]) -> None:
+        """Fetch a boot manifest's models in parallel before the first job, one progress
+        line per file on stderr, so that cold starts do not pay per-job downloads."""
+        comfy = self.executor.comfy
+        specs = models.plan(specs, {}, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths)
+        models.register(self.models, comfy.folder_paths, sorted({s.folder for s in specs}))
+
+        def fetch(spec: ModelSpec) -> None:
+            fresh = self.models.ensure(spec, on_progress=models.progress_line)
+            log.info("model %s/%s %s", spec.folder, spec.name, "fetched" if fresh else "cached")
+
+        with concurrent.futures.ThreadPoolExecutor(4, "comfyui-runpod-models") as pool:
+            for future in [pool.submit(fetch, spec) for spec in specs]:
+                future.result()
 
     def run_sync(self, job: Any, **kwargs: Any) -> dict[str, Any]:
         return asyncio.run(self.run(job, **kwargs))
@@ -69,13 +96,28 @@ class Pipeline:
         workspace: Workspace | None = None
         #: The step in flight; it may outlive a cancel (a thread, or ComfyUI's last node).
         busy: concurrent.futures.Future[Any] | None = None
+        held = contextlib.ExitStack()  # model-cache locks the job holds
         try:
             request = parse_job(job, self.settings.environ)
             workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
+            needed = self._models_of(request)
+            if needed:
+                mark = time.perf_counter()
+                held.enter_context(self.models.in_use(needed))  # until the run settles
+                fetches = [
+                    self._threads.submit(
+                        self.models.ensure, spec, bucket=request.bucket, on_progress=on_progress
+                    )
+                    for spec in needed
+                ]
+                await asyncio.gather(*map(asyncio.wrap_future, fetches))
+                timings["models_s"] = time.perf_counter() - mark
             if request.media:
                 mark = time.perf_counter()
                 media, folder = request.media, workspace.input_dir
-                busy = self._threads.submit(materialize, media, folder, self.settings.media)
+                busy = self._threads.submit(
+                    materialize, media, folder, self.settings.media, request.bucket
+                )
                 await asyncio.wrap_future(busy)
                 timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket, workspace.output_dir)
@@ -120,8 +162,20 @@ class Pipeline:
             error = JobError("internal_error", f"{type(exc).__name__}: {exc}")
             return self._finish(job_id, error.to_result(), timings, started)
         finally:
+            held.close()
             if workspace is not None:
                 _cleanup_when_settled(workspace, busy)
+
+    def _models_of(self, request: JobRequest) -> list[ModelSpec]:
+        """The job's models (``input.models`` and URLs in loader inputs), with the cache
+        registered for their folders; empty (and free) for the usual job."""
+        if not request.models and not models.mentions_url(request.workflow):
+            return []
+        comfy = self.executor.comfy
+        nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
+        needed = models.plan(request.models, request.workflow, nodes, folder_paths)
+        models.register(self.models, folder_paths, sorted({spec.folder for spec in needed}))
+        return needed
 
     def _local_moves_are_renames(self) -> bool:
         if self._renames is None:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
 from ..nodes.workflows import EXPORT_HINT, is_saved_format
 from .errors import JobError
+from .models import ModelSpec, parse_specs
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -37,7 +38,7 @@ class InputMedia:
     name and where its bytes are."""
 
     name: str
-    source: str  # base64, data: URI or http(s) URL
+    source: str  # base64, data: URI, http(s) or s3:// URL
     #: Whether it must be a readable image: ``input.images`` and plain ``input.files``
     #: strings are (their names say .png); ``input.files`` objects may be any file.
     image: bool = True
@@ -69,6 +70,8 @@ class JobRequest:
     bucket: BucketConfig | None = None
     media: list[InputMedia] = field(default_factory=list)
     timeout_s: float | None = None
+    #: ``input.models``: fetched into the model cache before the run.
+    models: list[ModelSpec] = field(default_factory=list)
 
     @property
     def destination(self) -> Destination:
@@ -105,6 +108,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         bucket=bucket,
         media=_parse_media(raw.get("images"), raw.get("files")),
         timeout_s=parse_policy(job.get("policy")).timeout_s,
+        models=parse_specs(raw.get("models"), "input.models"),
     )
 
 

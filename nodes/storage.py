@@ -351,6 +351,25 @@ def upload_bytes(
     )
 
 
+def open_object(
+    cfg: BucketConfig, bucket: str, key: str, offset: int = 0
+) -> tuple[IO[bytes], int, bool]:
+    """Stream ``s3://bucket/key`` with ``cfg``'s endpoint and keys, from ``offset``:
+    (body, whole size, whether the body starts at ``offset``). Errors are redacted."""
+    client = _client(cfg, 1)
+    request = {"Bucket": bucket, "Key": key}
+    if offset:
+        request["Range"] = f"bytes={offset}-"
+    try:
+        answer = client.get_object(**request)
+    except Exception as e:
+        _, reason = _classify(e)
+        raise StorageError(_redact(reason, cfg)) from None
+    resumed = bool(offset) and "ContentRange" in answer
+    total = int(answer["ContentLength"]) + (offset if resumed else 0)
+    return answer["Body"], total, resumed
+
+
 def _client(cfg: BucketConfig, workers: int) -> Any:
     """A fresh client: a new Session each time, since the default one is not thread-safe."""
     import boto3

@@ -10,6 +10,7 @@ import pytest
 from comfyui_runpod.executor import BootSettings, Executor
 from comfyui_runpod.executor.delivery import DeliverySettings
 from comfyui_runpod.executor.inputs import MediaSettings
+from comfyui_runpod.executor.models import ModelSettings
 from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
 pytest_plugins = ["s3server"]
@@ -59,13 +60,19 @@ def tiny_checkpoint(executor: Executor) -> str:
 
 @pytest.fixture
 def make_pipeline(executor: Executor, tmp_path: Path):
-    """Build a Pipeline on the shared executor; local outputs go to ``tmp_path/out``."""
+    """Build a Pipeline on the shared executor; local outputs go to ``tmp_path/out``, the
+    model cache to ``tmp_path/models`` unless ``models`` says otherwise."""
 
-    def make(environ: dict[str, str] | None = None, **media: object) -> Pipeline:
+    def make(
+        environ: dict[str, str] | None = None,
+        models: ModelSettings | None = None,
+        **media: object,
+    ) -> Pipeline:
         settings = PipelineSettings(
             delivery=DeliverySettings(local_dir=tmp_path / "out"),
             media=MediaSettings(**{"allow_private_urls": True, **media}),
             environ=environ or {},
+            models=models or ModelSettings(tmp_path / "models", allow_private_urls=True),
         )
         return Pipeline(executor, settings)
 
