@@ -1,4 +1,4 @@
-"""``make bench``: run P1–P6, each in its own fresh process, then print one markdown table
+"""``make bench``: run P1–P7, each in its own fresh process, then print one markdown table
 of where every target stands (and write it as ``bench/results/summary.{json,md}``).
 
 Each bench is a separate process so that one's ComfyUI, model or leaked state cannot tilt
@@ -29,6 +29,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "soak": (["--jobs", "500", "--every", "100"], ["--jobs", "50", "--every", "10"]),
     "delivery": ([], ["--repeats", "1", "--files", "8", "--size-mb", "0.5"]),
     "runsync": (["--rounds", "200"], ["--rounds", "20", "--warmup", "3"]),
+    "models": (["--rounds", "8"], ["--rounds", "1", "--downloads", "1"]),
 }
 
 
@@ -217,6 +218,28 @@ def summarize(out: Path = RESULTS) -> tuple[str, list[dict[str, Any]]]:
             _ms(res["runsync_http"]),
             _ms(res["pipeline_run"]),
             f"+{p6['added_ms']:.2f} ms",
+            "(info)",
+            None,
+        )
+
+    if p7 := _load(out, "models"):
+        res, ratio = p7["results"], p7["ratios"]["cache_over_local"]
+        add(
+            "P7",
+            "per job: tiny model from the model cache vs a ComfyUI model folder",
+            _ms(res["b_model_cache"]),
+            _ms(res["b_local_folder"]),
+            f"{ratio:.3f}",
+            "≤ 1.05",
+            ratio <= 1.05,
+        )
+        download = p7["download"]
+        add(
+            "P7",
+            f"download of {p7['model_mib']} MiB on loopback vs curl",
+            f"{download['ours_mib_s']:.0f} MiB/s",
+            f"{download['curl_mib_s']:.0f} MiB/s",
+            f"{download['ours_over_curl']:.2f}",
             "(info)",
             None,
         )

@@ -89,6 +89,18 @@ def test_p6_runsync_against_the_bare_pipeline(executor: Executor, tmp_path: Path
     assert isinstance(report["added_ms"], float)
 
 
+def test_p7_models_cache_and_download(
+    executor: Executor, tiny_checkpoint: str, tmp_path: Path
+) -> None:
+    models = bench("models")
+    report = written("models", models.measure(executor, rounds=1, downloads=1), tmp_path)
+    assert set(report["results"]) == {"b_local_folder", "b_model_cache"}
+    for row in report["results"].values():
+        assert_stats(row, 1)
+    assert report["download"]["ours_mib_s"] > 0 and report["download"]["curl_mib_s"] > 0
+    assert "cache/local" in models.render(report)
+
+
 def test_p5_delivery_tiny(tmp_path: Path) -> None:
     delivery = bench("delivery")
     report = delivery.measure(files=3, size_mb=0.05, repeats=1, latency_ms=5, workers=3)
@@ -154,7 +166,7 @@ def test_summary_table_reads_every_report(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["overhead", "coldstart", "diffusion", "soak", "delivery", "runsync"]
+    "name", ["overhead", "coldstart", "diffusion", "soak", "delivery", "runsync", "models"]
 )
 def test_make_bench_passes_flags_each_bench_accepts(name: str, tmp_path: Path) -> None:
     run = bench("run")
