@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes.jobcontext import JobContext
+from .apps import AppStore, build_prompt
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
 from .errors import JobError
 from .inputs import MediaSettings, materialize
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 class PipelineSettings:
     delivery: DeliverySettings
     media: MediaSettings = field(default_factory=MediaSettings)
+    #: The apps folder (``{"app": ..., "params": ...}`` jobs); None: workflow jobs only.
+    apps: AppStore | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
 
@@ -71,16 +74,23 @@ class Pipeline:
         busy: concurrent.futures.Future[Any] | None = None
         try:
             request = parse_job(job, self.settings.environ)
+            workflow, media = request.workflow, request.media
+            if request.app is not None or request.overrides:
+                # Before ComfyUI's validation: an app's params are checked against the
+                # schema its input nodes and the live node definitions give.
+                nodes = self.executor.comfy.nodes.NODE_CLASS_MAPPINGS
+                workflow, app_media = build_prompt(request, self.settings.apps, nodes)
+                media = [*media, *app_media]
             workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
-            if request.media:
+            if media:
                 mark = time.perf_counter()
-                media, folder = request.media, workspace.input_dir
+                folder = workspace.input_dir
                 busy = self._threads.submit(materialize, media, folder, self.settings.media)
                 await asyncio.wrap_future(busy)
                 timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket, workspace.output_dir)
             handle = self.executor.submit(
-                request.workflow,
+                workflow,
                 workspace,
                 on_progress=on_progress,
                 timeout_s=request.timeout_s,
