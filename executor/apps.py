@@ -17,8 +17,9 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,16 +159,27 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-@dataclass(frozen=True)
+#: How long derived parameters are reused: deriving them is most of an app job's own cost
+#: (~40 µs for three), and a model file added meanwhile shows up in the choices this soon.
+PARAMS_TTL_S = 2.0
+
+
+@dataclass
 class App:
     name: str
     path: Path
     workflow: dict[str, Any]
     inputs: tuple[InputNode, ...]
+    _cached: tuple[float, int, list[Param]] | None = field(default=None, repr=False)
 
     def params(self, node_classes: Mapping[str, Any]) -> list[Param]:
         """The parameters, with ranges and choices read from the live node definitions."""
-        return [self._param(node, node_classes) for node in self.inputs]
+        now, cached = time.monotonic(), self._cached
+        if cached is not None and cached[1] == id(node_classes) and now - cached[0] < PARAMS_TTL_S:
+            return cached[2]
+        params = [self._param(node, node_classes) for node in self.inputs]
+        self._cached = (now, id(node_classes), params)
+        return params
 
     def _param(self, node: InputNode, node_classes: Mapping[str, Any]) -> Param:
         limits: dict[str, float | None] = {"min": None, "max": None, "step": None}
@@ -260,15 +272,24 @@ class App:
             )
         workflow = dict(self.workflow)
         media = []
-        for param in params:
+        for param, node in zip(params, self.inputs, strict=True):
             value = values[param.name]
             if param.kind == "image":
                 file_name = f"param-{param.name}.png"
                 media.append(InputMedia(file_name, value, where=f"params.{param.name}"))
-                value = file_name
-            node = workflow[param.node_id]
-            workflow[param.node_id] = {**node, "inputs": {**node["inputs"], "value": value}}
+                workflow[param.node_id] = _with_input(workflow[param.node_id], "value", file_name)
+                continue
+            # A value node's output is its value: written straight into the widgets it
+            # feeds, ComfyUI runs the very graph of a plain workflow (and validates the
+            # value against each widget), and the value node itself is left out.
+            for target_id, input_name in node.targets:
+                workflow[target_id] = _with_input(workflow[target_id], input_name, value)
+            del workflow[param.node_id]
         return workflow, media
+
+
+def _with_input(node: dict[str, Any], name: str, value: Any) -> dict[str, Any]:
+    return {**node, "inputs": {**node["inputs"], name: value}}
 
 
 def params_schema(name: str, params: list[Param], *, dialect: bool = True) -> dict[str, Any]:
