@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         help="folder for output files (default: ./runpod-output)",
     )
     run.add_argument("--timeout", type=float, help="execution timeout in seconds")
+    _add_apps_option(run)
     _add_boot_options(run)
     _add_job_options(run)
     run.set_defaults(func=_cmd_run)
@@ -83,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("COMFYUI_RUNPOD_WARMUP") or None,  # empty means unset
         help="workflow run once before taking jobs (env COMFYUI_RUNPOD_WARMUP)",
     )
+    _add_apps_option(worker)
     _add_boot_options(worker)
     _add_job_options(worker)
     worker.set_defaults(func=_cmd_worker)
@@ -154,9 +156,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="timeout of each webhook try (default: %(default)g)",
     )
+    _add_apps_option(serve)
     _add_boot_options(serve)
     _add_job_options(serve)
     serve.set_defaults(func=_cmd_serve)
+
+    apps = commands.add_parser(
+        "apps",
+        help="list the apps of a folder with their parameters, or print one app's JSON Schema",
+        description="Boots ComfyUI (the schema's ranges and choices come from its live node "
+        "definitions) and lists each app: its parameters, types, defaults and limits.",
+    )
+    apps.add_argument(
+        "dir",
+        nargs="?",
+        type=Path,
+        default=os.environ.get("COMFYUI_RUNPOD_APPS") or None,
+        help="the apps folder (default: env COMFYUI_RUNPOD_APPS)",
+    )
+    apps.add_argument("--schema", metavar="NAME", help="print this app's params JSON Schema")
+    _add_boot_options(apps)
+    apps.set_defaults(func=_cmd_apps)
 
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
     sub = comfyui.add_subparsers(dest="action", required=True)
@@ -179,6 +199,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_boot_options(node_list)
     node_list.set_defaults(func=_cmd_nodes)
     return parser
+
+
+def _add_apps_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--apps",
+        type=Path,
+        default=os.environ.get("COMFYUI_RUNPOD_APPS") or None,
+        metavar="DIR",
+        help="folder of API-format workflows served as apps ({'app': NAME, 'params': ...}) "
+        "(env COMFYUI_RUNPOD_APPS)",
+    )
+
+
+def _load_apps(folder: Path | None) -> Any:
+    from .apps import AppError, AppStore
+
+    if folder is None:
+        return None
+    try:
+        return AppStore(folder)
+    except AppError as exc:
+        raise SystemExit(f"comfyui-runpod: {exc}") from None
 
 
 def _add_boot_options(parser: argparse.ArgumentParser) -> None:
@@ -277,6 +319,7 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     from .pipeline import Pipeline, PipelineSettings
 
     manifest = read_manifest(args.models) if args.models else []
+    apps = _load_apps(args.apps)
     size = args.model_cache_size
     models = ModelSettings(
         cache_dir=args.model_cache or default_cache_dir(),
@@ -290,6 +333,7 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
         delivery=DeliverySettings(local_dir=local_dir),
         media=MediaSettings(allow_private_urls=args.allow_private_urls),
         models=models,
+        apps=apps,
     )
     pipeline = Pipeline(executor, settings)
     if manifest:
@@ -390,3 +434,38 @@ def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
             for module in failed:
                 print(f"# FAILED {module.line}")
     return 1 if args.strict and failed else 0
+
+
+def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
+    if args.dir is None:
+        raise SystemExit("comfyui-runpod apps: give the apps folder (or set COMFYUI_RUNPOD_APPS)")
+    store = _load_apps(args.dir)
+    if args.schema is not None and args.schema not in store.apps:
+        known = ", ".join(store.apps) or "none"
+        raise SystemExit(f"comfyui-runpod apps: no app {args.schema!r} (apps: {known})")
+    with Executor(boot_settings(args)) as executor:
+        nodes = executor.comfy.nodes.NODE_CLASS_MAPPINGS
+        if args.schema is not None:
+            print(json.dumps(store.apps[args.schema].schema(nodes), indent=2))
+            return 0
+        for name, app in store.apps.items():
+            print(name)
+            for param in app.params(nodes):
+                print(f"  {param.name}: {_describe(param)}")
+        for name, reason in store.refused.items():
+            print(f"{name}  REFUSED: {reason}")
+    return 0
+
+
+def _describe(param: Any) -> str:
+    """One line: ``integer 1..50 (default 2): Sampling steps``."""
+    kind = param.kind
+    if param.minimum is not None or param.maximum is not None:
+        low = "" if param.minimum is None else f"{param.minimum:g}"
+        high = "" if param.maximum is None else f"{param.maximum:g}"
+        kind += f" {low}..{high}"
+    if param.enum is not None:
+        shown = ", ".join(map(str, param.enum[:8])) + (", ..." if len(param.enum) > 8 else "")
+        kind += f" one of [{shown}]"
+    kind += " (required)" if param.required else f" (default {json.dumps(param.default)})"
+    return f"{kind}: {param.description}" if param.description else kind

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..nodes.jobcontext import JobContext
 from . import models
+from .apps import AppStore, build_prompt
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
 from .errors import JobError
 from .inputs import MediaSettings, materialize
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 class PipelineSettings:
     delivery: DeliverySettings
     media: MediaSettings = field(default_factory=MediaSettings)
+    #: The apps folder (``{"app": ..., "params": ...}`` jobs); None: workflow jobs only.
+    apps: AppStore | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     models: ModelSettings = field(default_factory=lambda: ModelSettings(default_cache_dir()))
 
@@ -99,8 +102,15 @@ class Pipeline:
         held = contextlib.ExitStack()  # model-cache locks the job holds
         try:
             request = parse_job(job, self.settings.environ)
+            workflow, media = request.workflow, request.media
+            if request.app is not None or request.overrides:
+                # Before ComfyUI's validation: an app's params are checked against the
+                # schema its input nodes and the live node definitions give.
+                nodes = self.executor.comfy.nodes.NODE_CLASS_MAPPINGS
+                workflow, app_media = build_prompt(request, self.settings.apps, nodes)
+                media = [*media, *app_media]
             workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
-            needed = self._models_of(request)
+            needed = self._models_of(request, workflow)
             if needed:
                 mark = time.perf_counter()
                 held.enter_context(self.models.in_use(needed))  # until the run settles
@@ -112,9 +122,9 @@ class Pipeline:
                 ]
                 await asyncio.gather(*map(asyncio.wrap_future, fetches))
                 timings["models_s"] = time.perf_counter() - mark
-            if request.media:
+            if media:
                 mark = time.perf_counter()
-                media, folder = request.media, workspace.input_dir
+                folder = workspace.input_dir
                 busy = self._threads.submit(
                     materialize, media, folder, self.settings.media, request.bucket
                 )
@@ -122,7 +132,7 @@ class Pipeline:
                 timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket, workspace.output_dir)
             handle = self.executor.submit(
-                request.workflow,
+                workflow,
                 workspace,
                 on_progress=on_progress,
                 timeout_s=request.timeout_s,
@@ -166,14 +176,14 @@ class Pipeline:
             if workspace is not None:
                 _cleanup_when_settled(workspace, busy)
 
-    def _models_of(self, request: JobRequest) -> list[ModelSpec]:
-        """The job's models (``input.models`` and URLs in loader inputs), with the cache
-        registered for their folders; empty (and free) for the usual job."""
-        if not request.models and not models.mentions_url(request.workflow):
+    def _models_of(self, request: JobRequest, workflow: dict[str, Any]) -> list[ModelSpec]:
+        """The job's models (``input.models`` and URLs in ``workflow``'s loader inputs),
+        with the cache registered for their folders; empty (and free) for the usual job."""
+        if not request.models and not models.mentions_url(workflow):
             return []
         comfy = self.executor.comfy
         nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
-        needed = models.plan(request.models, request.workflow, nodes, folder_paths)
+        needed = models.plan(request.models, workflow, nodes, folder_paths)
         models.register(self.models, folder_paths, sorted({spec.folder for spec in needed}))
         return needed
 

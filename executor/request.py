@@ -1,8 +1,10 @@
 """Parse a RunPod job into a :class:`JobRequest`, or fail with a clear ``invalid_input``.
 
 Accepts the contract in README.md ("The job contract"): ``input.workflow`` (object or
-JSON string, API format), ``tobase64``, ``tobucket``, ``images``/``files``, request-level
-``s3Config`` and ``policy``. Nothing here touches ComfyUI, the network or the disk.
+JSON string, API format) or ``input.app`` + ``params``, ``overrides``, ``tobase64``,
+``tobucket``, ``images``/``files``, request-level ``s3Config`` and ``policy``. Nothing here
+touches ComfyUI, the network or the disk: an app's parameters are checked against its
+schema later, by the pipeline, which has the booted ComfyUI's node definitions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ DEFAULT_TTL_MS = 24 * 3600 * 1000
 #: levels; hundreds would exhaust the recursion limit of copying and validating them).
 MAX_INPUT_DEPTH = 64
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+#: An app's name: its file name in the apps folder, without ``.json``.
+APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,19 @@ class Policy:
 @dataclass
 class JobRequest:
     job_id: str
-    workflow: dict[str, Any]
+    #: The API-format workflow; None for an app job (the pipeline builds it from the app).
+    workflow: dict[str, Any] | None
     tobase64: bool = False
     bucket: BucketConfig | None = None
     media: list[InputMedia] = field(default_factory=list)
     timeout_s: float | None = None
     #: ``input.models``: fetched into the model cache before the run.
     models: list[ModelSpec] = field(default_factory=list)
+    #: ``input.app``: the name of a workflow in the apps folder, run with ``params``.
+    app: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    #: ``input.overrides``: ``{(node id, input name): value}``, applied last.
+    overrides: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     @property
     def destination(self) -> Destination:
@@ -101,15 +111,62 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         bucket = resolve_bucket(raw.get("tobucket"), job.get("s3Config"), environ)
     except StorageError as exc:
         raise JobError("invalid_input", str(exc)) from None
+    app = _parse_app(raw.get("app"))
+    if app is not None and raw.get("workflow") not in (None, "", {}):
+        raise JobError("invalid_input", "send input.app or input.workflow, not both")
+    if app is None and raw.get("params") is not None:
+        raise JobError("invalid_input", "input.params needs input.app (the app they are for)")
     return JobRequest(
         job_id=job_id,
-        workflow=parse_workflow(raw.get("workflow")),
+        workflow=None if app is not None else parse_workflow(raw.get("workflow")),
+        app=app,
+        params=_parse_object(raw.get("params"), "input.params"),
+        overrides=parse_overrides(raw.get("overrides")),
         tobase64=_parse_bool(raw.get("tobase64", False), "input.tobase64"),
         bucket=bucket,
         media=_parse_media(raw.get("images"), raw.get("files")),
         timeout_s=parse_policy(job.get("policy")).timeout_s,
         models=parse_specs(raw.get("models"), "input.models"),
     )
+
+
+def _parse_app(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not APP_NAME.match(value):
+        raise JobError(
+            "invalid_input",
+            f"input.app must be an app name (letters, digits, '_.-'), not {value!r}",
+        )
+    return value
+
+
+def _parse_object(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobError("invalid_input", f"{where} must be an object, not {type(value).__name__}")
+    return value
+
+
+def parse_overrides(value: Any) -> dict[tuple[str, str], Any]:
+    """``{"<node id>.<input>": value}``; the node ids are checked against the workflow later."""
+    overrides = _parse_object(value, "input.overrides")
+    parsed: dict[tuple[str, str], Any] = {}
+    bad = []
+    for key, item in overrides.items():
+        node_id, _, name = key.partition(".")
+        if not node_id or not name:
+            bad.append(key)
+        else:
+            parsed[(node_id, name)] = item
+    if bad:
+        raise JobError(
+            "invalid_input",
+            f'input.overrides keys must be "<node id>.<input name>": {", ".join(map(repr, bad))}',
+            {"bad_keys": bad},
+        )
+    return parsed
 
 
 def parse_workflow(value: Any) -> dict[str, Any]:

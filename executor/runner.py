@@ -483,12 +483,23 @@ def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
         if not isinstance(inputs, dict) or "filename_prefix" not in inputs:
             continue
         prefix = inputs["filename_prefix"]
-        if isinstance(prefix, list):  # a link: its value only exists at run time
-            continue
+        if isinstance(prefix, list):  # a link: its value only exists at run time ...
+            prefix = _app_text(prompt, prefix)
+            if prefix is None:
+                continue
         # A literal that is not a string is str()-ed by ComfyUI's validation: do it first.
         parts = str(prefix).replace("\\", "/").split("/")
         kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
         inputs["filename_prefix"] = "/".join([folder, *kept])
+
+
+def _app_text(prompt: Mapping[str, Any], link: list[Any]) -> str | None:
+    """... unless it comes from an app's text input node, whose value is known now."""
+    source = prompt.get(str(link[0])) if len(link) == 2 else None
+    if isinstance(source, dict) and source.get("class_type") == "RunPodInputString":
+        value = source.get("inputs", {}).get("value")
+        return value if isinstance(value, str) else None
+    return None
 
 
 def _execution_error(

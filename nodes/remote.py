@@ -29,8 +29,9 @@ class RemoteSubmit:
     CATEGORY = "RunPod/remote"
     DESCRIPTION = (
         "Sends an API-format workflow to a RunPod endpoint (or `comfyui-runpod serve`) and "
-        "returns its images. API key: RUNPOD_API_KEY or user/comfyui-runpod.json; base URL: "
-        "RUNPOD_ENDPOINT_BASE_URL."
+        "returns its images. With `app` set it sends {app, params} instead: the endpoint runs "
+        "its own copy of that workflow app. API key: RUNPOD_API_KEY or "
+        "user/comfyui-runpod.json; base URL: RUNPOD_ENDPOINT_BASE_URL."
     )
     FUNCTION = "submit"
     OUTPUT_NODE = True
@@ -52,7 +53,8 @@ class RemoteSubmit:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "API-format workflow JSON, or the path of a saved .json file.",
+                        "tooltip": "API-format workflow JSON, or the path of a saved .json "
+                        "file. Unused when app is set.",
                     },
                 ),
                 "count": (
@@ -82,6 +84,23 @@ class RemoteSubmit:
                         "tooltip": 'JSON {"<node id>.<input>": value} applied to the workflow.',
                     },
                 ),
+                "app": (
+                    "STRING",
+                    {
+                        "default": "",
+                        "tooltip": "An app the endpoint serves (its --apps folder): sends "
+                        "{app, params} instead of the workflow.",
+                    },
+                ),
+                "params": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "default": "",
+                        "tooltip": "The app's parameters as JSON, e.g. "
+                        '{"prompt": "a cat", "seed": 7}; job i adds i to seed.',
+                    },
+                ),
             },
         }
 
@@ -93,9 +112,23 @@ class RemoteSubmit:
         timeout_s: int,
         images: Any = None,
         overrides: str = "",
+        app: str = "",
+        params: str = "",
     ) -> dict[str, Any]:
-        base = apply_overrides(load_workflow(workflow), overrides)
         job_input: dict[str, Any] = {"tobase64": True}
+        if app.strip():
+            base_params = load_params(params)
+            if overrides.strip():
+                job_input["overrides"] = json.loads(overrides)
+
+            def job_for(i: int) -> dict[str, Any]:
+                return {**job_input, "app": app.strip(), "params": offset_params(base_params, i)}
+        else:
+            base = apply_overrides(load_workflow(workflow), overrides)
+
+            def job_for(i: int) -> dict[str, Any]:
+                return {**job_input, "workflow": offset_seeds(base, i)}
+
         if images is not None:
             job_input["images"] = [
                 {"name": f"input_{i}.png", "image": base64.b64encode(encode_image(image)).decode()}
@@ -103,12 +136,7 @@ class RemoteSubmit:
             ]
         progress = _Progress(count)
         async with RunPodClient(endpoint_id, userconfig.runpod_api_key()) as client:
-            ids = await asyncio.gather(
-                *(
-                    client.run({**job_input, "workflow": offset_seeds(base, i)})
-                    for i in range(count)
-                )
-            )
+            ids = await asyncio.gather(*(client.run(job_for(i)) for i in range(count)))
             log.info("submitted %s to %s", ", ".join(ids), client.url)
             try:
                 finals = await asyncio.gather(
@@ -151,6 +179,26 @@ def load_workflow(text: str) -> dict[str, Any]:
     if is_saved_format(workflow):
         raise ValueError(f"workflow is a UI-format export (it has nodes/links); {EXPORT_HINT}")
     return workflow
+
+
+def load_params(text: str) -> dict[str, Any]:
+    """An app's params: a JSON object (empty: the app's defaults)."""
+    if not text.strip():
+        return {}
+    params = json.loads(text)
+    if not isinstance(params, dict):
+        raise ValueError('params must be a JSON object {"<name>": value}')
+    return params
+
+
+def offset_params(params: dict[str, Any], offset: int) -> dict[str, Any]:
+    """Job ``offset`` of a fan-out: an integer ``seed``/``noise_seed`` param plus ``offset``."""
+    return {
+        name: value + offset
+        if name in SEED_INPUTS and isinstance(value, int) and not isinstance(value, bool)
+        else value
+        for name, value in params.items()
+    }
 
 
 def apply_overrides(workflow: dict[str, Any], overrides: str) -> dict[str, Any]:

@@ -131,3 +131,20 @@ def test_config_errors_never_echo_secrets() -> None:
     bad = bucket_contract("not-a-url", "b")
     line = error_of(job(tobucket=bad))
     assert TEST_ACCESS_SECRET not in line
+
+
+def test_app_params_and_overrides() -> None:
+    request = parse_job({"input": {"app": "txt2img", "params": {"seed": 7}}}, {})
+    assert (request.app, request.params, request.workflow) == ("txt2img", {"seed": 7}, None)
+    request = parse_job(job(overrides={"3.filename_prefix": "x", "1.color": 5}), {})
+    assert request.overrides == {("3", "filename_prefix"): "x", ("1", "color"): 5}
+    assert "not both" in error_of({"input": {"app": "a", "workflow": WF}})
+    assert "input.params needs input.app" in error_of(job(params={"seed": 1}))
+    assert "input.app must be an app name" in error_of({"input": {"app": "../x"}})
+    assert "input.params must be an object, not list" in error_of(
+        {"input": {"app": "a", "params": [1]}}
+    )
+    line = error_of(job(overrides={"3": 1, ".x": 2, "4.ok": 3}))
+    assert (
+        line == "invalid_input: input.overrides keys must be \"<node id>.<input name>\": '3', '.x'"
+    )

@@ -42,12 +42,20 @@ def desktop_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     return bucket
 
 
-def test_every_node_follows_comfyui_conventions() -> None:
-    assert set(NODE_CLASS_MAPPINGS) == {"RunPodS3Upload", "RunPodCaptureData", "RunPodRemoteSubmit"}
+def test_every_node_follows_comfyui_conventions(executor) -> None:  # Image lists the inputs
+    inputs = {f"RunPodInput{kind}" for kind in ("String", "Int", "Float", "Boolean", "Choice")}
+    inputs.add("RunPodInputImage")
+    outputs = {"RunPodS3Upload", "RunPodCaptureData", "RunPodRemoteSubmit"}
+    assert set(NODE_CLASS_MAPPINGS) == outputs | inputs
     for name, cls in NODE_CLASS_MAPPINGS.items():
-        assert cls.CATEGORY.startswith("RunPod/")
+        assert (
+            cls.CATEGORY == "RunPod/inputs"
+            if name in inputs
+            else cls.CATEGORY.startswith("RunPod/")
+        )
         assert "RunPod" in NODE_DISPLAY_NAME_MAPPINGS[name]
-        assert cls.DESCRIPTION and cls.OUTPUT_NODE
+        assert cls.DESCRIPTION and bool(getattr(cls, "OUTPUT_NODE", False)) == (name in outputs)
+        assert len(cls.OUTPUT_TOOLTIPS) in (1, len(cls.RETURN_TYPES))
         for group in cls.INPUT_TYPES().values():
             for input_name, spec in group.items():
                 assert spec[1].get("tooltip"), f"{name}.{input_name} has no tooltip"

@@ -38,6 +38,7 @@ def serve_process(
     folder = tmp_path_factory.mktemp("serve")
     command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
     command += ["--custom-nodes", str(TESTS / "custom_nodes"), "--out", str(folder / "out")]
+    command += ["--apps", str(TESTS / "apps")]
     env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": API_KEY}
     log = (folder / "serve.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -155,6 +156,21 @@ def test_input_images_and_overrides_reach_the_remote_workflow(
     overridden = desktop(remote_node(seed_workflow(1), overrides='{"1.seed": 77}'))
     result = executor.run(overridden, executor.workspace("remote-override"))
     assert levels(result) == [77]
+
+
+def test_app_mode_sends_app_and_params_instead_of_a_workflow(
+    executor: Executor, remote_env: str
+) -> None:
+    remote = remote_node({}, workflow="", app="color", params='{"color": 2105376, "size": 4}')
+    result = executor.run(
+        desktop({**remote, "inputs": {**remote["inputs"], "count": 2}}),
+        executor.workspace("remote-app"),
+    )
+    assert result.error is None, result.error
+    assert levels(result) == [255 - 0x20, 255 - 0x20]  # the app inverts its colour
+    bad = remote_node({}, workflow="", app="color", params='{"colour": 1}')
+    result = executor.run(desktop(bad), executor.workspace("remote-app-bad"))
+    assert result.error is not None and "colour: no such parameter" in result.error.message
 
 
 def test_remote_error_becomes_a_node_error(executor: Executor, remote_env: str) -> None:

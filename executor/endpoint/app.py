@@ -26,6 +26,7 @@ from ..node_imports import summary
 from ..pipeline import Pipeline
 from ..request import parse_policy
 from .jobs import FINAL_CHUNK, IN_PROGRESS, IN_QUEUE, Job, JobQueue, NotRetryable
+from .openapi import docs_page, openapi_document
 from .settings import ServeSettings
 from .webhook import WebhookSender
 
@@ -72,6 +73,8 @@ class LocalEndpoint:
             web.post(f"{p}/retry/{{id}}", self.retry),
             web.post(f"{p}/purge-queue", self.purge_queue),
             web.get(f"{p}/health", self.health),
+            web.get(f"{p}/openapi.json", self.openapi),
+            web.get(f"{p}/docs", self.docs),
             web.get(f"{p}/files/{{id}}/{{name:.+}}", self.file, name="file"),
         ]
 
@@ -130,6 +133,26 @@ class LocalEndpoint:
         return _json(
             {**self.jobs.health(), "comfyui": {"version": comfy.location.version, **nodes}}
         )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """The apps' contract (OpenAPI 3.1), from the live node definitions."""
+        document = openapi_document(
+            self.pipeline.settings.apps,
+            self.pipeline.executor.comfy.nodes.NODE_CLASS_MAPPINGS,
+            server_url=f"{self._base(request)}{self.settings.prefix}",
+        )
+        if self.settings.api_key is not None:
+            document["security"] = [{"bearer": []}]
+        return _json(document)
+
+    async def docs(self, request: web.Request) -> web.Response:
+        """The same contract as a page for people: apps, parameters, a curl example."""
+        page = docs_page(
+            self.pipeline.settings.apps,
+            self.pipeline.executor.comfy.nodes.NODE_CLASS_MAPPINGS,
+            server_url=f"{self._base(request)}{self.settings.prefix}",
+        )
+        return web.Response(text=page, content_type="text/html")
 
     async def file(self, request: web.Request) -> web.StreamResponse:
         """A local output file. Only names the job recorded are served, so no request
