@@ -331,11 +331,14 @@ class Desktop:
                     "class": output.get("class"),
                 }
         elif state == "COMPLETED":
-            record["files"] = await self._save_files(client, record, output or {})
+            try:
+                record["files"] = await self._save_files(client, record, output or {})
+                if isinstance(output, dict) and output.get("error"):
+                    record["error"] = str(output["error"])
+            except (RunPodError, OSError) as exc:  # paid for: say so rather than drop it
+                record["error"] = f"the job finished but its results could not be saved: {exc}"
             record["progress"] = {"percent": 100}
             record["status"] = "COMPLETED"
-            if isinstance(output, dict) and output.get("error"):
-                record["error"] = str(output["error"])
             self._finish(record)
         elif state in FINAL:
             record["status"] = state

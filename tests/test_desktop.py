@@ -210,6 +210,13 @@ def queue(page, graph: dict, name: str) -> list[str]:
     return [i for i in page.evaluate(JOB_IDS) if i not in before]
 
 
+def open_panel(page) -> None:
+    """The RunPod sidebar tab, as a click on its icon opens it."""
+    if not page.locator(".runpod-panel").count():
+        page.evaluate("() => app.extensionManager.sidebarTab.toggleSidebarTab('runpod')")
+    page.locator(".runpod-panel").wait_for()
+
+
 def toast_text(page, needle: str) -> str:
     toast = page.locator(".p-toast-message", has_text=needle).last
     toast.wait_for(timeout=10_000)
@@ -271,7 +278,7 @@ def test_queue_on_runpod_lands_a_png_and_the_panel_shows_it(
         assert {n["type"] for n in workflow["nodes"]} == {"EmptyImage", "ImageInvert", "SaveImage"}
         assert json.loads(image.text["prompt"])["3"]["inputs"]["filename_prefix"] == "desk"
 
-    page.evaluate("() => app.extensionManager.sidebarTab.toggleSidebarTab('runpod')")
+    open_panel(page)
     row = page.locator(f'.runpod-job[data-id="{ids[0]}"]')
     row.locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=10_000)
     thumb = row.locator(".runpod-thumbs img")
@@ -314,6 +321,20 @@ def test_load_image_graph_sends_the_desktop_input(browser_page, servers) -> None
         assert image.size == (4, 4) and image.getpixel((0, 0)) == (0xBF, 0xBF, 0xBF)
 
 
+def test_a_failed_job_shows_its_remote_error_in_its_row(browser_page) -> None:
+    page, _ = browser_page
+    graph = {  # a file that is not in the desktop's input folder: the remote refuses it
+        "1": {"class_type": "LoadImage", "inputs": {"image": "not-there.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    ids = queue(page, graph, "missing input")
+    open_panel(page)
+    row = page.locator(f'.runpod-job[data-id="{ids[0]}"]')
+    row.locator(".runpod-status", has_text="FAILED").wait_for(timeout=30_000)
+    error = row.locator(".runpod-error").inner_text()
+    assert "validation_failed" in error and "not-there.png" in error, error
+
+
 def test_the_api_key_never_reaches_the_page_or_the_logs(browser_page, servers) -> None:
     """Runs last: scans everything the other tests made the browser receive."""
     page, recorder = browser_page
@@ -321,7 +342,7 @@ def test_the_api_key_never_reaches_the_page_or_the_logs(browser_page, servers) -
     assert set_key(page, API_KEY)["apiKeySet"] is True
     page.reload()
     page.wait_for_function(READY, timeout=60_000)
-    page.evaluate("() => app.extensionManager.sidebarTab.toggleSidebarTab('runpod')")
+    open_panel(page)
     page.locator(".runpod-job").first.wait_for()  # rebuilt from the server's list
     places = {url: body for url, body in recorder.bodies()}
     places["websocket"] = "\n".join(recorder.frames)
