@@ -13,7 +13,7 @@ PORT ?= 8000
 # The device machine has no .venv and no network: gpu-check uses its python3 (with torch).
 GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: setup run test lint bench gpu-check gpu-bundle clean
+.PHONY: setup run test lint bench gpu-check gpu-bundle clean chromium
 
 $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,17 @@ $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	$(BIN)/pip install --quiet -c $(TORCH) -r requirements/comfyui-headless.txt
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker,test]'
 	$(BIN)/comfyui-runpod comfyui install
+	$(MAKE) --no-print-directory chromium
 	touch $@
 
 setup: $(STAMP)
+
+# The desktop browser tests drive Debian's chromium (playwright cannot download browsers
+# here). CI runs as root on a fresh Debian machine; elsewhere, say what to run.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
+	  else echo "chromium is missing: sudo apt-get install -y chromium (the desktop browser tests need it)"; fi; }
 
 run: setup
 	$(BIN)/comfyui-runpod serve --host $(HOST) --port $(PORT)

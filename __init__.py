@@ -15,4 +15,13 @@ if __name__ != "comfyui_runpod" and _installed is not None:
 else:
     from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    if "server" in _sys.modules:  # inside a ComfyUI; only its desktop server gets routes
+        from .nodes import desktop as _desktop
+
+        _desktop.install()
+
+#: The "Queue on RunPod" frontend extension (plain ES modules, served by ComfyUI under
+#: /extensions/<this folder's name>/).
+WEB_DIRECTORY = "./nodes/web"
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -29,13 +29,26 @@ class RunPodError(RuntimeError):
         self.status = status or {}
 
 
+class RunPodAuthError(RunPodError):
+    """HTTP 401: the endpoint refused the API key (callers say so without the key)."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
 class RunPodClient:
+    """One endpoint's API. Use it as ``async with RunPodClient(...)`` (a session of its
+    own), or hand it a long-lived ``session`` (the desktop routes keep one for all jobs;
+    the client then never closes it)."""
+
     def __init__(
         self,
         endpoint_id: str,
         api_key: str | None = None,
         base_url: str | None = None,
         request_timeout_s: float = 30.0,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         if not endpoint_id or "/" in endpoint_id:
             raise ValueError(f"invalid endpoint id {endpoint_id!r}")
@@ -43,15 +56,18 @@ class RunPodClient:
         self.url = f"{base.rstrip('/')}/{endpoint_id}"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._session = session
+        self._owns_session = session is None
 
     async def __aenter__(self) -> RunPodClient:
-        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        if self._owns_session:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._session is not None:
+        if self._owns_session and self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def run(self, job_input: dict[str, Any], **extra: Any) -> str:
         """``POST /run``; returns the job id. ``extra``: ``webhook``, ``policy``, ``s3Config``."""
@@ -98,7 +114,7 @@ class RunPodClient:
         session = self._require_session()
         # Bucket URLs are presigned: our Authorization header must not go to the bucket.
         headers = self._headers if url.startswith(self.url) else {}
-        async with session.get(url, headers=headers) as response:
+        async with session.get(url, headers=headers, timeout=self._timeout) as response:
             if response.status != 200:
                 raise RunPodError(f"could not fetch a result file: HTTP {response.status}")
             return await response.read()
@@ -107,12 +123,15 @@ class RunPodClient:
         session = self._require_session()
         url = f"{self.url}/{path}"
         try:
-            async with session.request(method, url, json=body, headers=self._headers) as response:
+            async with session.request(
+                method, url, json=body, headers=self._headers, timeout=self._timeout
+            ) as response:
                 text = await response.text()
                 if response.status == 401:
-                    raise RunPodError(
+                    raise RunPodAuthError(
                         f"{url}: 401 unauthorized — set RUNPOD_API_KEY (or runpod_api_key in "
-                        "the user config file) to a key for this endpoint"
+                        "the user config file) to a key for this endpoint",
+                        self.url,
                     )
                 if response.status >= 400:
                     raise RunPodError(f"{url}: HTTP {response.status}: {text[:300]}")

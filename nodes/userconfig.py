@@ -6,7 +6,11 @@ File format::
 
     {"bucket": {"endpointUrl": "...", "accessId": "...", "accessSecret": "...",
                 "bucketName": "..."},
-     "runpod_api_key": "..."}
+     "runpod_api_key": "...",
+     "runpod_endpoint_id": "...", "runpod_base_url": "..."}
+
+The desktop "Queue on RunPod" settings dialog writes the last three through the pack's
+routes (:func:`save`); the API key never goes back to the browser.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +62,59 @@ def desktop_bucket() -> BucketConfig | None:
 
 def runpod_api_key() -> str | None:
     return os.environ.get("RUNPOD_API_KEY") or load().get("runpod_api_key") or None
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where desktop jobs go. ``*_source``: ``"env"``, ``"file"`` or None (unset), so the
+    settings dialog can say where a value comes from (and that env wins)."""
+
+    endpoint_id: str | None
+    base_url: str | None
+    api_key: str | None
+    endpoint_source: str | None
+    base_url_source: str | None
+    api_key_source: str | None
+
+
+def _pick(env_name: str, file_value: Any) -> tuple[str | None, str | None]:
+    if os.environ.get(env_name):
+        return os.environ[env_name], "env"
+    if isinstance(file_value, str) and file_value.strip():
+        return file_value.strip(), "file"
+    return None, None
+
+
+def desktop_endpoint() -> EndpointConfig:
+    """Env ``COMFYUI_RUNPOD_ENDPOINT_ID`` / ``RUNPOD_ENDPOINT_BASE_URL`` / ``RUNPOD_API_KEY``,
+    else the config file (which the settings dialog writes)."""
+    data = load()
+    endpoint, endpoint_source = _pick("COMFYUI_RUNPOD_ENDPOINT_ID", data.get("runpod_endpoint_id"))
+    base, base_source = _pick("RUNPOD_ENDPOINT_BASE_URL", data.get("runpod_base_url"))
+    key, key_source = _pick("RUNPOD_API_KEY", data.get("runpod_api_key"))
+    return EndpointConfig(endpoint, base, key, endpoint_source, base_source, key_source)
+
+
+def save(updates: dict[str, str | None]) -> Path:
+    """Merge ``updates`` into the config file (None or "" removes a key); owner-only
+    permissions and an atomic replace, because the file holds secrets."""
+    path = config_path()
+    if path is None:
+        raise RuntimeError("not inside ComfyUI: no user folder to save settings in")
+    data = load()
+    for name, value in updates.items():
+        if value is None or not str(value).strip():
+            data.pop(name, None)
+        else:
+            data[name] = str(value).strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".comfyui-runpod-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

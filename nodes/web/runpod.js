@@ -1,0 +1,252 @@
+// "Queue on RunPod" for desktop ComfyUI: one command sends the open graph to the pack's
+// /runpod/ routes, which hold the API key, run the graph on a RunPod endpoint and save the
+// results into output/runpod/<job id>/. A sidebar tab lists the jobs; the settings dialog
+// sets the endpoint. The API key is write-only: this page sends it once and never sees it.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const ACTIVE = new Set(["IN_QUEUE", "IN_PROGRESS"]);
+const jobs = new Map(); // id -> job view, as the server sends it
+let panel = null; // the sidebar tab's list element while it is shown
+let ticker = null;
+
+function toast(severity, summary, detail) {
+  app.extensionManager.toast.add({ severity, summary, detail, life: 8000 });
+}
+
+async function call(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  };
+  const response = await api.fetchApi(path, options);
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error(answer.error || `HTTP ${response.status}`);
+    error.code = answer.code;
+    throw error;
+  }
+  return answer;
+}
+
+async function queueOnRunPod() {
+  const { output, workflow } = await app.graphToPrompt();
+  try {
+    const answer = await call("/runpod/queue", { prompt: output, workflow, count: 1 });
+    for (const job of answer.jobs) upsert(job);
+    toast("info", "Queued on RunPod", answer.jobs.map((j) => j.id).join(", "));
+    return answer.jobs.map((j) => j.id);
+  } catch (error) {
+    toast("error", "Queue on RunPod failed", error.message);
+    return [];
+  }
+}
+
+// -- settings: rendered by hand so that nothing lands in comfy.settings.json ---------------
+
+let settingsCache = null;
+async function settings(refresh = false) {
+  if (!settingsCache || refresh) settingsCache = await call("/runpod/settings");
+  return settingsCache;
+}
+
+function settingInput(field, { secret = false } = {}) {
+  return () => {
+    const input = document.createElement("input");
+    input.className = "p-inputtext runpod-setting";
+    input.dataset.field = field;
+    input.type = secret ? "password" : "text";
+    input.autocomplete = "off";
+    input.style.width = "20rem";
+    const show = (s) => {
+      const source = s[field === "apiKey" ? "apiKeySource" : `${field.replace("Id", "")}Source`];
+      input.disabled = source === "env";
+      input.title = source === "env" ? "set by an environment variable" : "";
+      if (secret) {
+        input.value = "";
+        input.placeholder = s.apiKeySet ? `•••••••• set (${s.apiKeySource})` : "not set";
+      } else {
+        input.value = s[field] || "";
+        input.placeholder = field === "baseUrl" ? s.defaultBaseUrl : "";
+      }
+    };
+    settings().then(show).catch(() => {});
+    input.addEventListener("change", async () => {
+      try {
+        settingsCache = await call("/runpod/settings", { [field]: input.value });
+        show(settingsCache);
+        toast("success", "RunPod", secret ? "API key saved on the ComfyUI server" : "Saved");
+      } catch (error) {
+        toast("error", "RunPod settings", error.message);
+      }
+    });
+    return input;
+  };
+}
+
+// -- the job list ---------------------------------------------------------------------------
+
+function upsert(job) {
+  jobs.set(job.id, job);
+  if (panel) drawRow(job);
+}
+
+function seconds(ms) {
+  if (ms == null) return "–";
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function viewUrl(file) {
+  const query = new URLSearchParams({ filename: file.filename, subfolder: file.subfolder, type: file.type });
+  return api.apiURL(`/view?${query}`);
+}
+
+function drawRow(job) {
+  let row = panel.querySelector(`.runpod-job[data-id="${CSS.escape(job.id)}"]`);
+  if (!row) {
+    row = document.createElement("div");
+    row.className = "runpod-job";
+    row.dataset.id = job.id;
+    row.innerHTML = `
+      <div class="runpod-head"><span class="runpod-status"></span>
+        <span class="runpod-id"></span><span class="runpod-elapsed"></span>
+        <button class="runpod-cancel p-button p-button-sm p-button-text" title="Cancel">✕</button></div>
+      <div class="runpod-bar"><div></div></div>
+      <div class="runpod-times"></div><div class="runpod-error"></div>
+      <div class="runpod-thumbs"></div>`;
+    row.querySelector(".runpod-cancel").addEventListener("click", async () => {
+      try {
+        upsert(await call(`/runpod/jobs/${encodeURIComponent(job.id)}/cancel`, {}));
+      } catch (error) {
+        toast("error", "Cancel failed", error.message);
+      }
+    });
+    panel.prepend(row);
+  }
+  row.dataset.status = job.status;
+  row.querySelector(".runpod-status").textContent = job.status;
+  row.querySelector(".runpod-id").textContent = job.id;
+  row.querySelector(".runpod-id").title = job.endpoint;
+  const percent = job.progress?.percent ?? (job.status === "COMPLETED" ? 100 : 0);
+  row.querySelector(".runpod-bar > div").style.width = `${percent}%`;
+  row.querySelector(".runpod-times").textContent =
+    `delay ${seconds(job.delayTime)} · execution ${seconds(job.executionTime)}` +
+    (job.progress?.class ? ` · ${job.progress.class}` : "");
+  row.querySelector(".runpod-error").textContent = job.error || "";
+  row.querySelector(".runpod-cancel").style.display = ACTIVE.has(job.status) ? "" : "none";
+  const thumbs = row.querySelector(".runpod-thumbs");
+  if (thumbs.childElementCount !== job.files.length) {
+    thumbs.replaceChildren(...job.files.map((file) => {
+      const img = document.createElement("img");
+      img.src = viewUrl(file);
+      img.title = `${file.subfolder}/${file.filename}`;
+      img.addEventListener("click", () => window.open(viewUrl(file), "_blank"));
+      return img;
+    }));
+  }
+  tick(row, job);
+}
+
+function tick(row, job) {
+  const end = job.finishedAt ?? Date.now() / 1000;
+  row.querySelector(".runpod-elapsed").textContent = `${(end - job.submittedAt).toFixed(1)} s`;
+}
+
+const STYLE = `
+.runpod-panel { padding: 0.5rem; display: flex; flex-direction: column; gap: 0.5rem; overflow-y: auto; height: 100%; }
+.runpod-job { border: 1px solid var(--border-color, #444); border-radius: 6px; padding: 0.4rem; font-size: 0.8rem; }
+.runpod-head { display: flex; gap: 0.5rem; align-items: center; }
+.runpod-status { font-weight: bold; }
+.runpod-job[data-status="COMPLETED"] .runpod-status { color: #4caf50; }
+.runpod-job[data-status="FAILED"] .runpod-status, .runpod-job[data-status="TIMED_OUT"] .runpod-status { color: #f44336; }
+.runpod-id { opacity: 0.7; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; flex: 1; }
+.runpod-bar { height: 4px; background: rgba(127,127,127,0.3); border-radius: 2px; margin: 0.3rem 0; }
+.runpod-bar > div { height: 100%; background: #2196f3; border-radius: 2px; transition: width 0.2s; }
+.runpod-error { color: #f44336; white-space: pre-wrap; }
+.runpod-thumbs { display: flex; flex-wrap: wrap; gap: 4px; margin-top: 4px; }
+.runpod-thumbs img { width: 64px; height: 64px; object-fit: contain; cursor: pointer; image-rendering: pixelated; background: #222; }
+.runpod-empty { opacity: 0.7; }`;
+
+async function renderPanel(el) {
+  if (!document.getElementById("runpod-style")) {
+    const style = document.createElement("style");
+    style.id = "runpod-style";
+    style.textContent = STYLE;
+    document.head.append(style);
+  }
+  panel = document.createElement("div");
+  panel.className = "runpod-panel";
+  el.replaceChildren(panel);
+  // Rebuilt from the server's list, so it survives a page reload.
+  try {
+    const answer = await call("/runpod/jobs");
+    for (const job of [...answer.jobs].reverse()) jobs.set(job.id, job);
+  } catch (error) {
+    toast("error", "RunPod jobs", error.message);
+  }
+  if (!jobs.size) {
+    panel.innerHTML = `<div class="runpod-empty">No RunPod jobs yet: open a graph and run
+      "Queue on RunPod" (menu RunPod, or Alt+Shift+R).</div>`;
+  }
+  for (const job of [...jobs.values()].sort((a, b) => a.submittedAt - b.submittedAt)) drawRow(job);
+  clearInterval(ticker);
+  ticker = setInterval(() => {
+    if (!panel?.isConnected) return clearInterval(ticker);
+    for (const job of jobs.values()) {
+      if (!ACTIVE.has(job.status)) continue;
+      const row = panel.querySelector(`.runpod-job[data-id="${CSS.escape(job.id)}"]`);
+      if (row) tick(row, job);
+    }
+  }, 1000);
+}
+
+api.addEventListener("runpod.job", ({ detail }) => {
+  panel?.querySelector(".runpod-empty")?.remove();
+  upsert(detail);
+});
+
+app.registerExtension({
+  name: "RunPod.Desktop",
+  commands: [
+    { id: "RunPod.Queue", label: "Queue on RunPod", icon: "pi pi-cloud-upload", function: queueOnRunPod },
+  ],
+  keybindings: [{ combo: { key: "r", alt: true, shift: true }, commandId: "RunPod.Queue" }],
+  menuCommands: [{ path: ["RunPod"], commands: ["RunPod.Queue"] }],
+  settings: [
+    {
+      id: "RunPod.Endpoint.Id",
+      category: ["RunPod", "Endpoint", "Endpoint id"],
+      name: "Endpoint id",
+      tooltip: "The RunPod serverless endpoint that runs your graphs (env COMFYUI_RUNPOD_ENDPOINT_ID wins).",
+      type: settingInput("endpointId"),
+      defaultValue: "",
+    },
+    {
+      id: "RunPod.Endpoint.BaseUrl",
+      category: ["RunPod", "Endpoint", "Base URL"],
+      name: "Base URL",
+      tooltip: "Empty: RunPod's hosted API. http://127.0.0.1:8000/v2 for `comfyui-runpod serve`.",
+      type: settingInput("baseUrl"),
+      defaultValue: "",
+    },
+    {
+      id: "RunPod.Endpoint.ApiKey",
+      category: ["RunPod", "Endpoint", "API key"],
+      name: "API key",
+      tooltip: "Stored on the ComfyUI server (user/comfyui-runpod.json), never shown again.",
+      type: settingInput("apiKey", { secret: true }),
+      defaultValue: "",
+    },
+  ],
+  async setup() {
+    app.extensionManager.registerSidebarTab({
+      id: "runpod",
+      icon: "pi pi-cloud",
+      title: "RunPod",
+      tooltip: "RunPod jobs",
+      type: "custom",
+      render: (el) => { renderPanel(el); },
+    });
+  },
+});

@@ -1,0 +1,131 @@
+"""Real parts for the desktop browser tests: desktop ComfyUI 0.3.75 (its own server and
+frontend, this pack in ``custom_nodes/``), a ``comfyui-runpod serve`` process as the
+RunPod endpoint, and Debian's ``chromium`` driven by playwright."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Process:
+    process: subprocess.Popen
+    log: Path
+    url: str
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, probe: urllib.request.Request, deadline: float) -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=2):
+                    return
+            except OSError:
+                assert self.process.poll() is None, self.log_text()[-3000:]
+                assert time.monotonic() < deadline, f"not ready:\n{self.log_text()[-3000:]}"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_serve(folder: Path, api_key: str) -> Process:
+    """``comfyui-runpod serve`` on a free port; the key from env (flags show in ``ps``)."""
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
+    command += ["--out", str(folder / "out"), "--work-dir", str(folder / "work")]
+    env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": api_key}
+    log = folder / "serve.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    return Process(process, log, f"http://127.0.0.1:{port}/v2")
+
+
+@dataclass
+class Desktop(Process):
+    root: Path = field(default=Path())
+
+    @property
+    def output(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def input(self) -> Path:
+        return self.root / "input"
+
+    @property
+    def user(self) -> Path:
+        return self.root / "user"
+
+
+def start_desktop(comfyui: Path, folder: Path, env: dict[str, str]) -> Desktop:
+    """Desktop ComfyUI as a person runs it (``main.py``), in a throwaway tree of symlinks
+    with this worktree as ``custom_nodes/comfyui-runpod``."""
+    tree = folder / "ComfyUI"
+    tree.mkdir(parents=True)
+    own = {"custom_nodes", "user", "input", "output", "temp", "models"}
+    for entry in comfyui.iterdir():
+        if entry.name not in own and not entry.name.startswith("."):
+            (tree / entry.name).symlink_to(entry)
+    (tree / "custom_nodes").mkdir()
+    (tree / "custom_nodes" / "comfyui-runpod").symlink_to(REPO)
+    for name in ("user/default", "input", "output", "temp", "models"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    settings = folder / "user" / "default" / "comfy.settings.json"
+    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    port = free_port()
+    command = [sys.executable, str(tree / "main.py"), "--cpu", "--listen", "127.0.0.1"]
+    command += ["--port", str(port), "--disable-auto-launch", "--base-directory", str(tree)]
+    command += ["--output-directory", str(folder / "output")]
+    command += ["--input-directory", str(folder / "input")]
+    command += ["--user-directory", str(folder / "user")]
+    command += ["--temp-directory", str(folder / "temp")]
+    command += ["--database-url", "sqlite:///:memory:"]
+    log = folder / "desktop.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFYUI_"))}
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**clean, "PYTHONUNBUFFERED": "1", **env},
+            cwd=folder,
+        )
+    return Desktop(process, log, f"http://127.0.0.1:{port}", root=folder)
+
+
+READY = """() => !!(window.app && app.graph && app.canvas && app.extensionManager?.command
+  && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 100)"""

@@ -1,0 +1,358 @@
+"""Desktop "Queue on RunPod", end to end with real parts only: Debian's chromium (driven by
+playwright) → desktop ComfyUI 0.3.75 with this pack in custom_nodes/ → real HTTP → a real
+``comfyui-runpod serve`` standing in for the RunPod endpoint → results in the desktop's
+``output/runpod/<job id>/``. One desktop, one endpoint and one browser per module."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import sys
+import time
+import types
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from comfyui_runpod.executor import find_comfyui
+from comfyui_runpod.executor.boot import HeadlessServer
+from comfyui_runpod.nodes import desktop as desktop_module
+from comfyui_runpod.nodes.pngtext import read_text, with_text
+from desktopkit import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    READY,
+    REPO,
+    Desktop,
+    Process,
+    start_desktop,
+    start_serve,
+)
+from PIL import Image
+
+API_KEY = "rp-desktop-key-8472915"
+WRONG_KEY = "rp-wrong-key-5550123"
+COLOUR = 0x123456  # inverted: (0xED, 0xCB, 0xA9)
+
+
+def invert_graph(prefix: str, colour: int = COLOUR) -> dict:
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": colour},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+# -- without a browser ----------------------------------------------------------------------
+
+
+def test_routes_only_on_the_desktop_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert not desktop_module.is_desktop_server(HeadlessServer())
+    assert not desktop_module.is_desktop_server(None)
+    fake_server = types.SimpleNamespace(PromptServer=types.SimpleNamespace(instance=None))
+    monkeypatch.setitem(sys.modules, "server", fake_server)
+    assert desktop_module.install() is False  # no PromptServer yet (a bare node import)
+    fake_server.PromptServer.instance = HeadlessServer()
+    assert desktop_module.install() is False  # the worker's, run's and serve's stand-in
+    assert not list(fake_server.PromptServer.instance.routes)
+
+    class PromptServer:  # what ComfyUI's main.py builds, as far as the check looks
+        def __init__(self) -> None:
+            from aiohttp import web
+
+            self.routes, self.app = web.RouteTableDef(), web.Application()
+            self.prompt_queue, self.loop = object(), object()
+
+    fake_server.PromptServer.instance = PromptServer()
+    assert desktop_module.install() is True
+    paths = {route.path for route in fake_server.PromptServer.instance.routes}
+    assert {"/runpod/queue", "/runpod/jobs", "/runpod/settings"} <= paths
+
+
+def test_inputs_come_only_from_the_input_folder(tmp_path: Path) -> None:
+    inputs = tmp_path / "input"
+    (inputs / "sub").mkdir(parents=True)
+    (inputs / "a.png").write_bytes(b"A")
+    (inputs / "sub" / "my pic.png").write_bytes(b"B")
+    (tmp_path / "secret.png").write_bytes(b"SECRET")
+    (inputs / "link.png").symlink_to(tmp_path / "secret.png")
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "a.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "sub/my pic.png [input]"}},
+        "3": {"class_type": "LoadImageMask", "inputs": {"image": "a.png", "channel": "alpha"}},
+        "4": {
+            "class_type": "X",
+            "inputs": {"a": "../secret.png", "b": str(tmp_path / "secret.png")},
+        },
+        "5": {"class_type": "X", "inputs": {"a": "link.png", "b": "a.png [output]", "c": 3}},
+    }
+    remote, images = desktop_module.collect_inputs(prompt, inputs)
+    assert [(i["name"], base64.b64decode(i["image"])) for i in images] == [
+        ("a.png", b"A"),
+        ("sub_my pic.png", b"B"),
+    ]
+    assert remote["2"]["inputs"]["image"] == "sub_my pic.png"
+    assert remote["3"]["inputs"]["image"] == "a.png"
+    assert remote["4"] == prompt["4"] and remote["5"] == prompt["5"]
+    assert prompt["2"]["inputs"]["image"] == "sub/my pic.png [input]"  # the caller's is kept
+
+
+def test_png_text_keeps_pixels() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(buffer, "PNG")
+    original = buffer.getvalue()
+    tagged = with_text(
+        with_text(original, {"prompt": "{}"}), {"prompt": '{"a": 1}', "workflow": "{}"}
+    )
+    assert read_text(tagged) == {"prompt": '{"a": 1}', "workflow": "{}"}
+    with Image.open(io.BytesIO(tagged)) as image:
+        assert image.getpixel((2, 1)) == (1, 2, 3)
+        assert image.text == {"prompt": '{"a": 1}', "workflow": "{}"}
+
+
+# -- in a real browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Desktop, Process]]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"{CHROMIUM} is missing: `make setup` installs it (apt-get install chromium)"
+            )
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    folder = tmp_path_factory.mktemp("desktop")
+    serve = start_serve(folder / "serve", API_KEY)  # both boot at once: ~10 s, not ~20
+    desktop = start_desktop(
+        find_comfyui().path,
+        folder / "desktop",
+        {"RUNPOD_ENDPOINT_BASE_URL": serve.url, "COMFYUI_RUNPOD_ENDPOINT_ID": "local"},
+    )
+    try:
+        deadline = time.monotonic() + 150
+        probe = urllib.request.Request(
+            f"{serve.url}/local/health", headers={"Authorization": f"Bearer {API_KEY}"}
+        )
+        serve.wait_ready(probe, deadline)
+        desktop.wait_ready(urllib.request.Request(f"{desktop.url}/runpod/settings"), deadline)
+        yield desktop, serve
+    finally:
+        desktop.stop()
+        serve.stop()
+
+
+class Recorder:
+    """Everything the browser received: HTTP bodies and websocket frames."""
+
+    def __init__(self) -> None:
+        self.responses: list = []
+        self.frames: list[str] = []
+
+    def on_websocket(self, socket) -> None:
+        socket.on("framereceived", lambda payload: self.frames.append(_text(payload)))
+        socket.on("framesent", lambda payload: self.frames.append(_text(payload)))
+
+    def bodies(self) -> Iterator[tuple[str, str]]:
+        for response in self.responses:
+            try:
+                yield response.url, response.body().decode("utf-8", "replace")
+            except Exception:  # redirects and aborted loads have no body
+                continue
+
+
+def _text(payload: str | bytes) -> str:
+    return payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module")
+def browser_page(servers: tuple[Desktop, Process]):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    desktop, _ = servers
+    recorder = Recorder()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.on("response", lambda response: recorder.responses.append(response))
+        page.on("websocket", recorder.on_websocket)
+        page.goto(desktop.url)
+        page.wait_for_function(READY, timeout=60_000)
+        yield page, recorder
+        browser.close()
+
+
+def set_key(page, value: str) -> dict:
+    """What the settings dialog's API key field does (also driven through the dialog below)."""
+    return page.evaluate(
+        """async (key) => (await (await app.api.fetchApi('/runpod/settings',
+        {method: 'POST', headers: {'Content-Type': 'application/json'},
+         body: JSON.stringify({apiKey: key})})).json())""",
+        value,
+    )
+
+
+JOB_IDS = "async () => (await (await app.api.fetchApi('/runpod/jobs')).json()).jobs.map(j => j.id)"
+
+
+def queue(page, graph: dict, name: str) -> list[str]:
+    """Open ``graph`` in a new tab and run the command as a person does; the new job ids."""
+    page.evaluate("async ([graph, name]) => { await app.loadApiJson(graph, name) }", [graph, name])
+    before = set(page.evaluate(JOB_IDS))
+    page.evaluate("async () => await app.extensionManager.command.execute('RunPod.Queue')")
+    return [i for i in page.evaluate(JOB_IDS) if i not in before]
+
+
+def open_panel(page) -> None:
+    """The RunPod sidebar tab, as a click on its icon opens it."""
+    if not page.locator(".runpod-panel").count():
+        page.evaluate("() => app.extensionManager.sidebarTab.toggleSidebarTab('runpod')")
+    page.locator(".runpod-panel").wait_for()
+
+
+def toast_text(page, needle: str) -> str:
+    toast = page.locator(".p-toast-message", has_text=needle).last
+    toast.wait_for(timeout=10_000)
+    return toast.inner_text()
+
+
+def wait_file(folder: Path, pattern: str, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while not (found := sorted(folder.glob(pattern))):
+        assert time.monotonic() < deadline, f"no {pattern} under {folder}"
+        time.sleep(0.005)
+    return found[-1]
+
+
+def test_missing_key_shows_where_to_set_it(browser_page) -> None:
+    page, _ = browser_page
+    assert set_key(page, "")["apiKeySet"] is False
+    queue(page, invert_graph("nokey"), "no key")
+    text = toast_text(page, "No RunPod API key")
+    assert "Settings" in text and "RunPod" in text
+
+
+def test_wrong_key_says_the_endpoint_rejected_it(browser_page, servers) -> None:
+    page, _ = browser_page
+    _, serve = servers
+    assert set_key(page, WRONG_KEY) == {**set_key(page, WRONG_KEY), "apiKeySet": True}
+    queue(page, invert_graph("wrongkey"), "wrong key")
+    assert f"API key rejected by {serve.url}/local" in toast_text(page, "API key rejected")
+
+
+def test_queue_on_runpod_lands_a_png_and_the_panel_shows_it(
+    browser_page, servers, tmp_path: Path
+) -> None:
+    page, _ = browser_page
+    desktop, _ = servers
+    # The key through the settings dialog's write-only field, as a person types it.
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+    page.get_by_role("option", name="RunPod").click()
+    field = page.locator("input.runpod-setting[data-field=apiKey]")
+    field.fill(API_KEY)
+    field.press("Enter")
+    field.blur()
+    page.wait_for_function(
+        "() => document.querySelector('input.runpod-setting[data-field=apiKey]')"
+        ".placeholder.includes('set (file)')"
+    )
+    assert field.input_value() == ""
+    page.keyboard.press("Escape")
+
+    started = time.perf_counter()
+    ids = queue(page, invert_graph("desk"), "model-free")
+    assert len(ids) == 1
+    png = wait_file(desktop.output / "runpod" / ids[0], "*.png")
+    click_to_file = time.perf_counter() - started
+    assert png.name == "desk_00001_.png"  # the worker's name
+    with Image.open(png) as image:
+        assert image.size == (8, 8) and image.getpixel((3, 3)) == (0xED, 0xCB, 0xA9)
+        workflow = json.loads(image.text["workflow"])  # dropping it on the canvas reloads it
+        assert {n["type"] for n in workflow["nodes"]} == {"EmptyImage", "ImageInvert", "SaveImage"}
+        assert json.loads(image.text["prompt"])["3"]["inputs"]["filename_prefix"] == "desk"
+
+    open_panel(page)
+    row = page.locator(f'.runpod-job[data-id="{ids[0]}"]')
+    row.locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=10_000)
+    thumb = row.locator(".runpod-thumbs img")
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth === 8", arg=thumb.element_handle()
+    )
+    assert "delay" in row.inner_text()
+    page.evaluate("() => app.extensionManager.toast.removeAll?.()")
+    page.screenshot(path=str(tmp_path / "panel.png"))
+    if os.environ.get("COMFYUI_RUNPOD_UPDATE_SCREENSHOT"):
+        shutil.copy(tmp_path / "panel.png", REPO / "docs" / "desktop.png")
+
+    # The same graph queued locally in the same desktop, for the click-to-file ratio.
+    started = time.perf_counter()
+    page.evaluate(
+        "async (g) => { await app.loadApiJson(g, 'local'); await app.queuePrompt(0) }",
+        invert_graph("local"),
+    )
+    wait_file(desktop.output, "local_*.png")
+    local = time.perf_counter() - started
+    print(
+        f"\nclick-to-file: RunPod (serve) {click_to_file:.2f} s, local {local:.2f} s, "
+        f"ratio {click_to_file / local:.1f}x"
+    )
+
+
+def test_load_image_graph_sends_the_desktop_input(browser_page, servers) -> None:
+    page, _ = browser_page
+    desktop, _ = servers
+    (desktop.input / "sub").mkdir(exist_ok=True)
+    Image.new("RGB", (4, 4), (0x40, 0x40, 0x40)).save(desktop.input / "sub" / "my pic.png")
+    graph = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "sub/my pic.png [input]"}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "li"}},
+    }
+    ids = queue(page, graph, "load image")
+    png = wait_file(desktop.output / "runpod" / ids[0], "li_*.png")
+    with Image.open(png) as image:
+        assert image.size == (4, 4) and image.getpixel((0, 0)) == (0xBF, 0xBF, 0xBF)
+
+
+def test_a_failed_job_shows_its_remote_error_in_its_row(browser_page) -> None:
+    page, _ = browser_page
+    graph = {  # a file that is not in the desktop's input folder: the remote refuses it
+        "1": {"class_type": "LoadImage", "inputs": {"image": "not-there.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    ids = queue(page, graph, "missing input")
+    open_panel(page)
+    row = page.locator(f'.runpod-job[data-id="{ids[0]}"]')
+    row.locator(".runpod-status", has_text="FAILED").wait_for(timeout=30_000)
+    error = row.locator(".runpod-error").inner_text()
+    assert "validation_failed" in error and "not-there.png" in error, error
+
+
+def test_the_api_key_never_reaches_the_page_or_the_logs(browser_page, servers) -> None:
+    """Runs last: scans everything the other tests made the browser receive."""
+    page, recorder = browser_page
+    desktop, serve = servers
+    assert set_key(page, API_KEY)["apiKeySet"] is True
+    page.reload()
+    page.wait_for_function(READY, timeout=60_000)
+    open_panel(page)
+    page.locator(".runpod-job").first.wait_for()  # rebuilt from the server's list
+    places = {url: body for url, body in recorder.bodies()}
+    places["websocket"] = "\n".join(recorder.frames)
+    places["page"] = page.content() + page.evaluate("() => JSON.stringify(localStorage)")
+    places["desktop log"] = desktop.log_text()
+    places["serve log"] = serve.log_text()
+    places["comfy.settings.json"] = (desktop.user / "default" / "comfy.settings.json").read_text()
+    assert len(recorder.frames) > 5 and any("runpod.job" in f for f in recorder.frames)
+    for secret in (API_KEY, WRONG_KEY):
+        leaks = [where for where, text in places.items() if secret in text]
+        assert not leaks, f"the API key shows in {leaks}"
+    stored = json.loads((desktop.user / "comfyui-runpod.json").read_text())
+    assert stored["runpod_api_key"] == API_KEY  # server-side only
