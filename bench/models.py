@@ -73,6 +73,8 @@ def measure(executor: Any, *, rounds: int = 8, downloads: int = 3) -> dict[str, 
             target.unlink()
 
         comfy = executor.comfy
+        listed = comfy.folder_paths.folder_names_and_paths["checkpoints"][0]
+        before = list(listed)  # restored at the end: the scratch folders go away
         comfy.folder_paths.add_model_folder_path("checkpoints", str(checkpoint.parent))
         settings = PipelineSettings(
             DeliverySettings(local_dir=scratch / "out"),
@@ -102,6 +104,8 @@ def measure(executor: Any, *, rounds: int = 8, downloads: int = 3) -> dict[str, 
                         samples[name].append(elapsed)
         finally:
             loop.close()
+            listed[:] = before
+            comfy.folder_paths.filename_list_cache.pop("checkpoints", None)  # names them
     finally:
         server.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)

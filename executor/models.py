@@ -527,11 +527,13 @@ def progress_line(event: dict[str, Any]) -> None:
 
 
 def register(cache: ModelCache, folder_paths: Any, folders: Sequence[str]) -> None:
-    """Make ComfyUI's loaders list the cache's files for ``folders`` (once each)."""
+    """Make ComfyUI's loaders list the cache's files for ``folders`` (once each). The
+    folders are made now: ComfyUI's file-list cache fails on a listed folder that is gone."""
     for folder in folders:
-        path = str(cache.root / folder)
-        if path not in folder_paths.folder_names_and_paths[folder][0]:
-            folder_paths.add_model_folder_path(folder, path)
+        path = cache.root / folder
+        path.mkdir(parents=True, exist_ok=True)
+        if str(path) not in folder_paths.folder_names_and_paths[folder][0]:
+            folder_paths.add_model_folder_path(folder, str(path))
 
 
 def _folder_of(
