@@ -329,6 +329,10 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     executor = Executor(boot_settings(args))
     comfy = executor.start()
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
+    if apps is not None and apps.saved:
+        from .convert import converter_for
+
+        apps.convert_saved(converter_for(comfy))
     settings = PipelineSettings(
         delivery=DeliverySettings(local_dir=local_dir),
         media=MediaSettings(allow_private_urls=args.allow_private_urls),
@@ -439,12 +443,18 @@ def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
     if args.dir is None:
         raise SystemExit("comfyui-runpod apps: give the apps folder (or set COMFYUI_RUNPOD_APPS)")
+    from .convert import converter_for
+
     store = _load_apps(args.dir)
-    if args.schema is not None and args.schema not in store.apps:
-        known = ", ".join(store.apps) or "none"
+    known_names = set(store.apps) | {path.stem for path in store.saved}
+    if args.schema is not None and args.schema not in known_names:
+        known = ", ".join(sorted(known_names)) or "none"
         raise SystemExit(f"comfyui-runpod apps: no app {args.schema!r} (apps: {known})")
     with Executor(boot_settings(args)) as executor:
         nodes = executor.comfy.nodes.NODE_CLASS_MAPPINGS
+        store.convert_saved(converter_for(executor.comfy))
+        if args.schema is not None and args.schema not in store.apps:
+            raise SystemExit(f"comfyui-runpod apps: {store.refused[args.schema]}")
         if args.schema is not None:
             print(json.dumps(store.apps[args.schema].schema(nodes), indent=2))
             return 0

@@ -24,7 +24,7 @@ node classes are passed in (``NODE_CLASS_MAPPINGS``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -447,3 +447,16 @@ class DisplayNames(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self.node_classes)
+
+
+def converter_for(comfy: Any) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """``convert`` bound to a booted ComfyUI (executor/boot.py ``Comfy``): its node
+    classes, display names and the node modules that failed to import."""
+    nodes = comfy.nodes
+    names = DisplayNames(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    failed = getattr(comfy, "failed_modules", ())
+
+    def run(document: Mapping[str, Any]) -> dict[str, Any]:
+        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed)
+
+    return run

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import workflows
 from comfyui_runpod.executor.convert import DisplayNames, convert, widgets_of
 from comfyui_runpod.executor.errors import JobError
 
@@ -108,3 +109,81 @@ def test_corpus_covers_the_graph_features() -> None:
         "template_",
     ):
         assert any(feature in n for n in names), feature
+
+
+# -- saved workflows as jobs ------------------------------------------------------------------
+
+
+def saved(name: str) -> dict:
+    """A saved workflow of the corpus (model-free ones run for real)."""
+    return json.loads((ORACLE / "cases" / f"{name}.json").read_text())["workflow"]
+
+
+def test_a_saved_workflow_runs_as_a_job_dict_or_string(make_pipeline) -> None:
+    pipeline = make_pipeline()
+    for workflow in (saved("invert_plain"), json.dumps(saved("invert_v1"))):
+        result = pipeline.run_sync({"id": "saved", "input": {"workflow": workflow}})
+        assert "error" not in result, result
+        assert len(result["files"]) == 1 and "convert_s" in result["timings"]
+    plain = pipeline.run_sync({"id": "api", "input": {"workflow": workflows.invert()}})
+    assert "convert_s" not in plain["timings"]
+
+
+def test_saved_graph_features_reach_the_run(make_pipeline) -> None:
+    """Primitives, reroutes, bypasses and subgraphs change what runs, as on the desktop."""
+    pipeline = make_pipeline()
+    cases = {
+        "primitive_node": ["from_primitive_00001_.png"],
+        "reroute_chain": ["rr_00001_.png"],
+        "bypassed_same_type": ["bypass_00001_.png"],
+        "subgraph_middle_v1": ["submid_00001_.png"],
+        "muted_output": ["kept_00001_.png"],
+    }
+    for name, files in cases.items():
+        result = pipeline.run_sync({"id": name, "input": {"workflow": saved(name)}})
+        assert "error" not in result, (name, result)
+        assert [Path(f).name for f in result["files"]] == files, name
+
+
+def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
+    result = make_pipeline().run_sync(
+        {
+            "id": "ov",
+            "input": {
+                "workflow": saved("subgraph_middle_v1"),
+                "overrides": {"3.filename_prefix": "renamed", "1.width": 4},
+                "tobase64": True,
+            },
+        }
+    )
+    assert "error" not in result, result
+    assert result["file_info"][0]["name"] == "renamed_00001_.png"
+
+
+def test_unknown_types_are_named_all_at_once(make_pipeline) -> None:
+    workflow = saved("subgraph_middle_v1")
+    workflow["nodes"][0]["type"] = "NoSuchNodeA"
+    workflow["definitions"]["subgraphs"][0]["nodes"][0]["type"] = "NoSuchNodeB"
+    result = make_pipeline().run_sync({"id": "unknown", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed"
+    assert "'NoSuchNodeA'" in result["error"] and "'NoSuchNodeB'" in result["error"]
+    assert "convert_s" in result["timings"]
+
+
+def test_a_widget_count_mismatch_names_node_type_and_counts(make_pipeline) -> None:
+    workflow = saved("invert_plain")
+    empty = next(n for n in workflow["nodes"] if n["type"] == "EmptyImage")
+    empty["widgets_values"] = [*empty["widgets_values"], "extra"]
+    result = make_pipeline().run_sync({"id": "mismatch", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed"
+    message = result["error"]
+    assert f"node {empty['id']} (EmptyImage): 5 saved widget values" in message
+    assert "has 4 (width, height, batch_size, color)" in message
+    assert result["details"]["widget_mismatch"][0]["expected"] == 4
+
+
+def test_a_saved_workflow_with_nothing_to_run_is_refused(make_pipeline) -> None:
+    result = make_pipeline().run_sync(
+        {"id": "e", "input": {"workflow": {"nodes": [], "links": []}}}
+    )
+    assert result["error_code"] == "invalid_input" and "no nodes to run" in result["error"]
