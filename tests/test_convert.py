@@ -5,6 +5,8 @@ every node type's widgets as that frontend builds them). No browser here."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,48 @@ def test_a_saved_workflow_with_nothing_to_run_is_refused(make_pipeline) -> None:
         {"id": "e", "input": {"workflow": {"nodes": [], "links": []}}}
     )
     assert result["error_code"] == "invalid_input" and "no nodes to run" in result["error"]
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "comfyui_runpod", *args, "--cpu"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_convert_command_prints_one_or_writes_each_and_reports_failures(tmp_path: Path) -> None:
+    for name in ("invert_plain", "subgraph_nested"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(saved(name)))
+    mismatched = saved("invert_plain")
+    mismatched["nodes"][0]["widgets_values"] = [1]
+    (tmp_path / "bad.json").write_text(json.dumps(mismatched))
+    (tmp_path / "api.json").write_text(json.dumps(workflows.invert()))
+    names = ["invert_plain.json", "bad.json", "subgraph_nested.json", "api.json"]
+    done = cli("convert", *names, "--out-dir", "out", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    expected = json.loads((ORACLE / "cases" / "subgraph_nested.json").read_text())["prompt"]
+    assert json.loads((tmp_path / "out" / "subgraph_nested.api.json").read_text()) == expected
+    assert (tmp_path / "out" / "invert_plain.api.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "invert_plain.api.json",
+        "subgraph_nested.api.json",
+    ]
+    assert "bad.json: validation_failed: " in done.stderr and "saved widget values" in done.stderr
+    assert "api.json: invalid_input: not a saved (UI-format) workflow" in done.stderr
+
+    one = cli("convert", "invert_plain.json", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert (
+        json.loads(one.stdout)
+        == json.loads((ORACLE / "cases" / "invert_plain.json").read_text())["prompt"]
+    )
+
+
+def test_run_command_takes_a_saved_workflow(tmp_path: Path) -> None:
+    (tmp_path / "wf.json").write_text(json.dumps(saved("reroute_chain")))
+    done = cli("run", "wf.json", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert "convert_s" in result["timings"]
+    assert [Path(f).name for f in result["files"]] == ["rr_00001_.png"]
