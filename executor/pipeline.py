@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes.jobcontext import JobContext
+from ..nodes.workflows import is_saved_format
 from . import models
 from .apps import AppStore, build_prompt
+from .convert import converter_for
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
 from .errors import JobError
 from .inputs import MediaSettings, materialize
@@ -102,7 +104,18 @@ class Pipeline:
         held = contextlib.ExitStack()  # model-cache locks the job holds
         try:
             request = parse_job(job, self.settings.environ)
+            if request.workflow is not None and is_saved_format(request.workflow):
+                # A saved (UI-format) file: converted as the frontend would, before anything
+                # else sees it (overrides name the converted prompt's node ids).
+                mark = time.perf_counter()
+                try:
+                    request.workflow = converter_for(self.executor.comfy)(request.workflow)
+                finally:
+                    timings["convert_s"] = time.perf_counter() - mark
             workflow, media = request.workflow, request.media
+            apps = self.settings.apps
+            if request.app is not None and apps is not None and apps.saved:
+                apps.convert_saved(converter_for(self.executor.comfy))
             if request.app is not None or request.overrides:
                 # Before ComfyUI's validation: an app's params are checked against the
                 # schema its input nodes and the live node definitions give.

@@ -1,10 +1,11 @@
 """Parse a RunPod job into a :class:`JobRequest`, or fail with a clear ``invalid_input``.
 
 Accepts the contract in README.md ("The job contract"): ``input.workflow`` (object or
-JSON string, API format) or ``input.app`` + ``params``, ``overrides``, ``tobase64``,
-``tobucket``, ``images``/``files``, request-level ``s3Config`` and ``policy``. Nothing here
-touches ComfyUI, the network or the disk: an app's parameters are checked against its
-schema later, by the pipeline, which has the booted ComfyUI's node definitions.
+JSON string; API format, or saved UI format that the pipeline converts) or ``input.app`` +
+``params``, ``overrides``, ``tobase64``, ``tobucket``, ``images``/``files``, request-level
+``s3Config`` and ``policy``. Nothing here touches ComfyUI, the network or the disk: an
+app's parameters are checked against its schema later, by the pipeline, which has the booted
+ComfyUI's node definitions.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
-from ..nodes.workflows import EXPORT_HINT, is_saved_format
+from ..nodes.workflows import is_saved_format
 from .errors import JobError
 from .models import ModelSpec, parse_specs
 
@@ -31,6 +32,8 @@ DEFAULT_TTL_MS = 24 * 3600 * 1000
 #: Deepest nesting of lists and objects in a node's inputs (real workflows use a few
 #: levels; hundreds would exhaust the recursion limit of copying and validating them).
 MAX_INPUT_DEPTH = 64
+#: The same bound for a whole saved workflow (subgraph definitions add a few levels).
+MAX_SAVED_DEPTH = 96
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 #: An app's name: its file name in the apps folder, without ``.json``.
 APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -69,7 +72,8 @@ class Policy:
 @dataclass
 class JobRequest:
     job_id: str
-    #: The API-format workflow; None for an app job (the pipeline builds it from the app).
+    #: The API-format workflow, or a saved (UI-format) one the pipeline converts; None
+    #: for an app job (the pipeline builds it from the app).
     workflow: dict[str, Any] | None
     tobase64: bool = False
     bucket: BucketConfig | None = None
@@ -170,7 +174,9 @@ def parse_overrides(value: Any) -> dict[tuple[str, str], Any]:
 
 
 def parse_workflow(value: Any) -> dict[str, Any]:
-    """An API-format workflow: ``{node_id: {"class_type": ..., "inputs": {...}}}``."""
+    """An API-format workflow (``{node_id: {"class_type": ..., "inputs": {...}}}``), or a
+    saved (UI-format) one, kept as it is: converting it needs the booted ComfyUI's node
+    definitions (executor/convert.py)."""
     if value is None or value == "" or value == {}:
         raise JobError("invalid_input", "input.workflow is missing or empty")
     if isinstance(value, str):
@@ -190,10 +196,13 @@ def parse_workflow(value: Any) -> dict[str, Any]:
     if not value:  # "{}" sent as a string
         raise JobError("invalid_input", "input.workflow is missing or empty")
     if is_saved_format(value):
-        raise JobError(
-            "invalid_input",
-            f"input.workflow is a UI-format export (it has nodes/links); {EXPORT_HINT}",
-        )
+        if not isinstance(value.get("nodes"), list) or _deeper_than(value, MAX_SAVED_DEPTH):
+            raise JobError(
+                "invalid_input",
+                "input.workflow is a saved (UI-format) workflow whose nodes are not a list "
+                f"or that nests more than {MAX_SAVED_DEPTH} levels deep",
+            )
+        return value
     for node_id, node in value.items():
         if not isinstance(node, dict) or "class_type" not in node:
             raise JobError(

@@ -350,6 +350,10 @@ class Executor:
                 comfy.nodes.interrupt_processing(True)  # execute() cleared an earlier interrupt
             tracker.on_event(event, data)
 
+        refused = checks.unsafe_file_names(prompt)  # before the prefixes are rewritten
+        if refused is not None:
+            result.error = refused
+            return result
         _isolate_outputs(prompt, ws.name)
         inputs = ws.input_dir if ws.input_dir.is_dir() else comfy.empty_input
         comfy.folder_paths.set_input_directory(str(inputs))

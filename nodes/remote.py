@@ -18,7 +18,7 @@ from typing import Any
 from . import jobcontext, userconfig
 from .imaging import encode_image
 from .runpod_api import RunPodClient, RunPodError
-from .workflows import EXPORT_HINT, is_saved_format
+from .workflows import is_saved_format
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,9 @@ class RemoteSubmit:
                     {
                         "multiline": True,
                         "default": "",
-                        "tooltip": "API-format workflow JSON, or the path of a saved .json "
-                        "file. Unused when app is set.",
+                        "tooltip": "Workflow JSON (API format, or the workflow file ComfyUI "
+                        "saves: the worker converts it), or the path of a .json file. Unused "
+                        "when app is set.",
                     },
                 ),
                 "count": (
@@ -123,8 +124,18 @@ class RemoteSubmit:
 
             def job_for(i: int) -> dict[str, Any]:
                 return {**job_input, "app": app.strip(), "params": offset_params(base_params, i)}
+        elif is_saved_format(saved := load_workflow(workflow)):
+            # A saved (UI-format) workflow goes as it is: the worker converts it with its
+            # own node definitions, then applies the overrides to the converted prompt.
+            if overrides.strip():
+                job_input["overrides"] = json.loads(overrides)
+            if count > 1:
+                log.warning("a saved (UI-format) workflow: the %d jobs keep its seeds", count)
+
+            def job_for(i: int) -> dict[str, Any]:
+                return {**job_input, "workflow": saved}
         else:
-            base = apply_overrides(load_workflow(workflow), overrides)
+            base = apply_overrides(saved, overrides)
 
             def job_for(i: int) -> dict[str, Any]:
                 return {**job_input, "workflow": offset_seeds(base, i)}
@@ -164,7 +175,7 @@ class RemoteSubmit:
 
 
 def load_workflow(text: str) -> dict[str, Any]:
-    """Workflow JSON, or the path of a file holding it; UI-format exports are refused."""
+    """Workflow JSON (API or saved UI format), or the path of a file holding it."""
     text = text.strip()
     if not text:
         raise ValueError("workflow is empty: paste API-format JSON or give a .json path")
@@ -176,8 +187,8 @@ def load_workflow(text: str) -> dict[str, Any]:
             raise ValueError(f"workflow file {path} does not exist")
         text = path.read_text(encoding="utf-8")
     workflow = json.loads(text)
-    if is_saved_format(workflow):
-        raise ValueError(f"workflow is a UI-format export (it has nodes/links); {EXPORT_HINT}")
+    if not isinstance(workflow, dict):
+        raise ValueError("workflow must be a JSON object (API or saved UI format)")
     return workflow
 
 

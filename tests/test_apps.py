@@ -112,17 +112,24 @@ def test_schema_comes_from_the_input_nodes_and_live_input_types(
     }
 
 
-def test_a_saved_ui_format_app_is_refused_with_a_clear_message(
+def test_a_saved_ui_format_app_is_converted_once_comfyui_is_up(
     app_pipeline: Pipeline, tmp_path: Path
 ) -> None:
     folder = tmp_path / "apps"
     folder.mkdir()
-    (folder / "ui.json").write_text(json.dumps({"nodes": [], "links": []}))
+    oracle = Path(__file__).parent / "oracle" / "cases"
+    saved = json.loads((oracle / "primitive_node.json").read_text())["workflow"]
+    (folder / "ui.json").write_text(json.dumps(saved))
+    (folder / "empty.json").write_text(json.dumps({"nodes": [], "links": []}))
     store = AppStore(folder)
-    assert "saved (UI-format)" in store.refused["ui"] and "Export (API)" in store.refused["ui"]
+    assert [p.name for p in store.saved] == ["empty.json", "ui.json"]
     app_pipeline.settings.apps = store
-    result = app_pipeline.run_sync(app_job("ui"))
-    assert result["error"].startswith("invalid_input: app 'ui' cannot be served: ui.json is a")
+    result = app_pipeline.run_sync(app_job("ui"))  # the first app job converts them
+    assert "error" not in result, result
+    assert Path(result["files"][0]).name == "from_primitive_00001_.png"
+    assert "no nodes to run" in store.refused["empty"] and not store.saved
+    result = app_pipeline.run_sync(app_job("empty"))
+    assert result["error"].startswith("invalid_input: app 'empty' cannot be served")
 
 
 # -- jobs ------------------------------------------------------------------------------------

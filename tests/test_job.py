@@ -29,6 +29,12 @@ def test_workflow_as_object_or_json_string() -> None:
     assert parse_job(job(workflow=json.dumps(WF)), {}).workflow == WF
 
 
+def test_a_saved_ui_format_workflow_is_kept_for_the_pipeline_to_convert() -> None:
+    saved = {"nodes": [{"id": 1, "type": "SaveImage"}], "links": [], "version": 0.4}
+    assert parse_job(job(workflow=saved), {}).workflow == saved
+    assert parse_job(job(workflow=json.dumps(saved)), {}).workflow == saved
+
+
 @pytest.mark.parametrize(
     ("payload", "culprit"),
     [
@@ -40,7 +46,7 @@ def test_workflow_as_object_or_json_string() -> None:
         (job(workflow=[1, 2]), "not list"),
         (job(workflow=42), "not int"),
         (job(workflow="{not json"), "not valid JSON"),
-        (job(workflow={"nodes": [], "links": []}), "Export (API)"),
+        (job(workflow={"nodes": "x", "links": []}), "nodes are not a list"),
         (job(workflow={"1": {"inputs": {}}}), "node '1'"),
         (job(workflow={"1": {"class_type": "X", "inputs": []}}), "inputs must be an object"),
         (job(tobase64="maybe"), "input.tobase64"),

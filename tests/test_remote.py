@@ -221,6 +221,17 @@ def test_remote_submit_example_runs(executor: Executor, remote_env: str) -> None
     assert list(datas.values()) == [{"4": {"note": ["model-free example"]}}] * 2
 
 
+def test_a_saved_workflow_is_sent_as_it_is_and_converted_remotely(
+    executor: Executor, remote_env: str
+) -> None:
+    oracle = Path(__file__).parent / "oracle" / "cases" / "invert_plain.json"
+    saved = json.loads(oracle.read_text())["workflow"]
+    node = remote_node(saved, overrides='{"1.color": 2763306}')  # 0x2A2A2A, then inverted
+    result = executor.run(desktop(node), executor.workspace("remote-saved"))
+    assert result.error is None, result.error
+    assert levels(result) == [255 - 0x2A]
+
+
 def test_sigterm_during_a_job_stops_serve_cleanly(serve_process) -> None:
     """Runs last in this module: it stops the shared server."""
     base, process = serve_process

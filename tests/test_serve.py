@@ -459,3 +459,14 @@ def test_serve_help_documents_every_flag(capsys):
         "--comfyui",
     ):
         assert flag in text
+
+
+def test_a_saved_ui_format_workflow_runs_through_runsync(serve):
+    running = serve()
+    oracle = Path(__file__).parent / "oracle" / "cases" / "bypassed_chain.json"
+    saved = json.loads(oracle.read_text())["workflow"]
+    code, body = running.call("POST", "runsync", {"input": {"workflow": json.dumps(saved)}})
+    assert code == 200 and body["status"] == "COMPLETED", body
+    output = body["output"]
+    assert "convert_s" in output["timings"]
+    assert pixel(fetch(output["files"][0])[1]) == (0x12, 0x34, 0x56)  # both inverts bypassed

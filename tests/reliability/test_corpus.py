@@ -196,10 +196,10 @@ CASES = [
     Case("workflow-number", job(42), "invalid_input", ("input.workflow", "not int")),
     Case("workflow-bool", job(True), "invalid_input", ("input.workflow", "not bool")),
     Case(
-        "ui-format-export",
+        "ui-format-widgets-missing",
         job({"nodes": [{"id": 1, "type": "SaveImage"}], "links": [], "version": 0.4}),
-        "invalid_input",
-        ("UI-format", "Export (API)"),
+        "validation_failed",
+        ("node 1 (SaveImage)", "0 saved widget values", "has 1 (filename_prefix)"),
     ),
     Case(
         "workflow-invalid-json-string",
@@ -659,14 +659,26 @@ CASES = [
     Case(
         "prefix-traversal",
         job(changed(lambda p: p["3"]["inputs"].update(filename_prefix="../../../../tmp/x"))),
-        None,
-        check=one_file_named("tmp/x_"),
+        "validation_failed",
+        ("node 3 (SaveImage)", "filename_prefix", "leaves the output folder"),
+    ),
+    Case(
+        "prefix-absolute",
+        job(changed(lambda p: p["3"]["inputs"].update(filename_prefix="/tmp/x"))),
+        "validation_failed",
+        ("node 3 (SaveImage)", "filename_prefix", "leaves the output folder"),
     ),
     Case(
         "prefix-nul",
         job(changed(lambda p: p["3"]["inputs"].update(filename_prefix="a\x00b"))),
-        "execution_failed",
-        ("node 3 (SaveImage)", "null"),
+        "validation_failed",
+        ("node 3 (SaveImage)", "filename_prefix", "control character"),
+    ),
+    Case(
+        "prefix-newline",
+        job(changed(lambda p: p["3"]["inputs"].update(filename_prefix="a\nb"))),
+        "validation_failed",
+        ("node 3 (SaveImage)", "filename_prefix", "control character"),
     ),
 ]
 

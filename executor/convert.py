@@ -1,0 +1,462 @@
+"""Saved (UI-format) workflows to API prompts, as the frontend's ``graphToPrompt()`` does.
+
+People send the file ComfyUI saved (``{"nodes": [...], "links": [...]}``, versions 0.4 and
+1); ComfyUI's executor takes the API prompt. Converting needs each node's input definitions
+to know which saved widget value is which input — the booted ComfyUI has them, so the
+worker converts instead of refusing. What the frontend does, and so what this does:
+
+- widget values map to inputs in widget order; frontend-only widgets (the
+  ``control_after_generate`` combo after seed-like widgets, upload buttons) take a saved
+  value but never reach the prompt;
+- a linked input (a widget converted to an input too) takes the link; ``PrimitiveNode``
+  values are inlined, ``Reroute`` chains and subgraph boundaries are followed;
+- muted nodes (mode 2) are dropped and inputs linked to them removed; bypassed ones
+  (mode 4) hand an input of the same type through;
+- Note, MarkdownNote, PrimitiveNode and Reroute never reach the prompt;
+- subgraph nodes (``definitions.subgraphs``) are flattened, inner ids named
+  ``"outer:inner"``; every node keeps ``_meta.title``.
+
+Unlike the frontend, a node whose saved widget values do not fit the installed node (a
+file saved with another version of it) is refused instead of filled in by position: a
+shifted value would run silently with the wrong settings. Nothing here imports ComfyUI:
+node classes are passed in (``NODE_CLASS_MAPPINGS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checks import unknown_node_types
+from .errors import JobError
+from .node_imports import FailedModule
+
+#: Node types that exist only in the frontend: never in the prompt.
+FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
+#: Saved node modes (LiteGraph): 2 = never (muted), 4 = bypass.
+MUTED, BYPASS = 2, 4
+#: Ids of a subgraph's boundary nodes inside it.
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
+#: INT inputs that get a ``control_after_generate`` widget without asking for one.
+SEED_NAMES = frozenset({"seed", "noise_seed"})
+_UPLOADS = ("image_upload", "video_upload", "audio_upload", "file_upload", "3d_upload")
+_VALUE_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+
+
+@dataclass(frozen=True)
+class Widget:
+    """One widget as the frontend builds it from an input definition."""
+
+    name: str
+    #: Whether its value goes into the prompt (frontend-only widgets: False).
+    in_prompt: bool = True
+    #: Whether its value is saved in ``widgets_values``.
+    saved: bool = True
+
+
+def widgets_of(node_class: Any, node_type: str = "") -> list[Widget]:
+    """The widgets the frontend gives a node of this class, in order.
+
+    Value inputs (INT, FLOAT, STRING, BOOLEAN, combos) are widgets unless ``forceInput``;
+    seed-like ones and those asking for it get a ``control_after_generate`` widget right
+    after; upload options add an ``upload`` button after all others.
+    """
+    if node_type in EXTENSION_WIDGETS:
+        return list(EXTENSION_WIDGETS[node_type])
+    spec = node_class.INPUT_TYPES()
+    widgets: list[Widget] = []
+    trailing: list[Widget] = []
+    for group in ("required", "optional"):
+        for name, definition in (spec.get(group) or {}).items():
+            kind, options = _split(definition)
+            if options.get("forceInput"):
+                continue
+            if not (isinstance(kind, (list, tuple)) or kind in _VALUE_TYPES):
+                continue
+            widgets.append(Widget(name))
+            control = options.get("control_after_generate")
+            seed_like = kind == "INT" and control is None and name in SEED_NAMES
+            if control or seed_like:
+                widgets.append(Widget("control_after_generate", in_prompt=False))
+            if options.get("audio_upload"):
+                trailing.append(Widget("audioUI", in_prompt=False, saved=False))
+            if any(options.get(key) for key in _UPLOADS):
+                trailing.append(Widget("upload", in_prompt=False))
+    return widgets + trailing
+
+
+def _widgets(*rows: str) -> tuple[Widget, ...]:
+    """``"name"``: a plain widget; ``"name|ui"``: frontend-only, saved; ``"name|view"``:
+    in the prompt (as nothing: it holds no value) but not saved."""
+    made = []
+    for row in rows:
+        name, _, kind = row.partition("|")
+        made.append(Widget(name, in_prompt=kind != "ui", saved=kind != "view"))
+    return tuple(made)
+
+
+#: Core nodes whose widgets the frontend's own extensions make (audio players, 3D
+#: viewers, the webcam, the output-folder loader): not derivable from their inputs.
+EXTENSION_WIDGETS: dict[str, tuple[Widget, ...]] = {
+    "LoadAudio": _widgets("audio", "audioUI|view", "upload|ui"),
+    "PreviewAudio": _widgets("audioUI|view"),
+    "SaveAudio": _widgets("filename_prefix", "audioUI|view"),
+    "SaveAudioMP3": _widgets("filename_prefix", "quality", "audioUI|view"),
+    "SaveAudioOpus": _widgets("filename_prefix", "quality", "audioUI|view"),
+    "RecordAudio": _widgets("audio", "audio|ui"),
+    "PreviewAny": _widgets("preview|view"),
+    "LoadImageOutput": _widgets(
+        "image", "Auto-refresh after generation|ui", "refresh", "upload|ui"
+    ),
+    "Load3D": _widgets(
+        "model_file",
+        "upload 3d model",
+        "upload extra resources",
+        "clear",
+        "image",
+        "width",
+        "height",
+    ),
+    "Preview3D": _widgets("model_file", "image"),
+    "SaveGLB": _widgets("filename_prefix", "image"),
+    "WebcamCapture": _widgets(
+        "image", "width", "height", "capture_on_queue", "waiting for camera..."
+    ),
+}
+
+
+def _split(definition: Any) -> tuple[Any, dict[str, Any]]:
+    if not isinstance(definition, (list, tuple)) or not definition:
+        return definition, {}
+    options = definition[1] if len(definition) > 1 and isinstance(definition[1], dict) else {}
+    return definition[0], options
+
+
+# -- the saved graph -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Link:
+    origin_id: Any
+    origin_slot: int
+    target_id: Any
+    target_slot: int
+    type: Any
+
+
+@dataclass
+class _Graph:
+    """The root graph or one subgraph instance, with the ids its nodes get in the prompt."""
+
+    nodes: dict[Any, dict[str, Any]]
+    links: dict[Any, _Link]
+    prefix: str = ""
+    #: The subgraph node this instance is (in ``parent``), and the definition.
+    parent: _Graph | None = None
+    instance: dict[str, Any] | None = None
+    definition: dict[str, Any] = field(default_factory=dict)
+
+    def full_id(self, node_id: Any) -> str:
+        return f"{self.prefix}{node_id}"
+
+
+def _links(raw: Any) -> dict[Any, _Link]:
+    links: dict[Any, _Link] = {}
+    for item in raw or []:
+        if isinstance(item, (list, tuple)) and len(item) >= 5:  # version 0.4
+            link_id, origin, oslot, target, tslot = item[:5]
+            kind = item[5] if len(item) > 5 else None
+        elif isinstance(item, Mapping):  # version 1
+            link_id, origin, oslot = item.get("id"), item.get("origin_id"), item.get("origin_slot")
+            target, tslot, kind = item.get("target_id"), item.get("target_slot"), item.get("type")
+        else:
+            continue
+        links[link_id] = _Link(origin, int(oslot or 0), target, int(tslot or 0), kind)
+    return links
+
+
+class _Converter:
+    def __init__(
+        self,
+        document: Mapping[str, Any],
+        node_classes: Mapping[str, Any],
+        display_names: Mapping[str, str],
+    ) -> None:
+        self.node_classes = node_classes
+        self.display_names = display_names
+        definitions = document.get("definitions") or {}
+        self.subgraphs = {
+            s.get("id"): s for s in definitions.get("subgraphs") or [] if isinstance(s, Mapping)
+        }
+        self.root = _Graph(
+            {n.get("id"): n for n in document.get("nodes") or [] if isinstance(n, Mapping)},
+            _links(document.get("links")),
+        )
+        self.graphs = self._flatten(self.root, depth=0)
+
+    def _flatten(self, graph: _Graph, depth: int) -> list[_Graph]:
+        """This graph and every subgraph instance under it (a subgraph used twice is two
+        instances, as in the frontend)."""
+        if depth > 32:
+            raise JobError("invalid_input", "input.workflow: subgraphs nest more than 32 deep")
+        found = [graph]
+        for node_id, node in graph.nodes.items():
+            definition = self.subgraphs.get(node.get("type"))
+            if definition is None or node.get("mode") in (MUTED, BYPASS):
+                continue
+            inner = _Graph(
+                {n.get("id"): n for n in definition.get("nodes") or []},
+                _links(definition.get("links")),
+                prefix=f"{graph.prefix}{node_id}:",
+                parent=graph,
+                instance=node,
+                definition=definition,
+            )
+            found.extend(self._flatten(inner, depth + 1))
+        return found
+
+    # -- what a link resolves to -----------------------------------------------------------
+
+    def resolve_input(self, graph: _Graph, node: Mapping[str, Any], slot: int) -> Any:
+        """None (nothing: a widget value stays), ``("value", v)`` or ``("link", id, slot)``."""
+        inputs = node.get("inputs") or []
+        if not 0 <= slot < len(inputs):
+            return None
+        link = graph.links.get(inputs[slot].get("link"))
+        if link is None:
+            return None
+        return self.resolve_output(graph, link.origin_id, link.origin_slot, link.type, 0)
+
+    def resolve_output(self, graph: _Graph, origin_id: Any, slot: int, kind: Any, hops: int) -> Any:
+        if hops > 1000:  # a reroute or bypass loop
+            return None
+        if origin_id == SUBGRAPH_INPUT:
+            if graph.parent is None or graph.instance is None:
+                return None
+            return self.resolve_input(graph.parent, graph.instance, slot)
+        node = graph.nodes.get(origin_id)
+        if node is None:
+            return None
+        node_type = node.get("type")
+        if node_type == "Reroute":
+            return self._through(graph, node, 0, kind, hops)
+        if node_type == "PrimitiveNode":
+            values = node.get("widgets_values") or []
+            return ("value", values[0]) if values else None
+        if node_type in FRONTEND_ONLY:
+            return None
+        if node.get("mode") == BYPASS:
+            index = _bypass_slot(node, slot, kind)
+            return None if index is None else self._through(graph, node, index, kind, hops)
+        definition = self.subgraphs.get(node_type)
+        if definition is not None and node.get("mode") != MUTED:
+            inner = next((g for g in self.graphs if g.parent is graph and g.instance is node), None)
+            outputs = definition.get("outputs") or []
+            if inner is None or not 0 <= slot < len(outputs):
+                return None
+            for link_id in outputs[slot].get("linkIds") or []:
+                link = inner.links.get(link_id)
+                if link is not None:
+                    return self.resolve_output(
+                        inner, link.origin_id, link.origin_slot, link.type, hops + 1
+                    )
+            return None
+        return ("link", graph.full_id(origin_id), slot)
+
+    def _through(
+        self, graph: _Graph, node: Mapping[str, Any], index: int, kind: Any, hops: int
+    ) -> Any:
+        inputs = node.get("inputs") or []
+        link = graph.links.get(inputs[index].get("link")) if index < len(inputs) else None
+        if link is None:
+            return None
+        return self.resolve_output(graph, link.origin_id, link.origin_slot, kind, hops + 1)
+
+    # -- the prompt ------------------------------------------------------------------------
+
+    def check_types(self, failed_modules: Sequence[FailedModule]) -> None:
+        typed = {
+            graph.full_id(node_id): {"class_type": node.get("type")}
+            for graph in self.graphs
+            for node_id, node in graph.nodes.items()
+            if node.get("type") not in FRONTEND_ONLY and node.get("type") not in self.subgraphs
+        }
+        error = unknown_node_types(typed, self.node_classes, failed_modules)
+        if error is not None:
+            raise error
+
+    def prompt(self) -> dict[str, Any]:
+        output: dict[str, Any] = {}
+        mismatched: list[dict[str, Any]] = []
+        for graph in self.graphs:
+            for node_id, node in graph.nodes.items():
+                node_type = node.get("type")
+                if (
+                    node_type in FRONTEND_ONLY
+                    or node_type in self.subgraphs
+                    or node.get("mode") in (MUTED, BYPASS)
+                ):
+                    continue
+                full_id = graph.full_id(node_id)
+                inputs = self._widget_inputs(full_id, node, mismatched)
+                for slot, entry in enumerate(node.get("inputs") or []):
+                    resolved = self.resolve_input(graph, node, slot)
+                    if resolved is None or not entry.get("name"):
+                        continue
+                    if resolved[0] == "value":
+                        inputs[entry["name"]] = _wrap(resolved[1])
+                    else:
+                        inputs[entry["name"]] = [resolved[1], resolved[2]]
+                title = node.get("title") or self.display_names.get(node_type) or node_type
+                output[full_id] = {
+                    "inputs": inputs,
+                    "class_type": node_type,
+                    "_meta": {"title": title},
+                }
+        if mismatched:
+            listed = "; ".join(
+                f"node {m['node_id']} ({m['class_type']}): {m['found']} saved widget values, "
+                f"the installed node has {m['expected']} ({', '.join(m['widgets'])})"
+                for m in mismatched[:10]
+            )
+            more = f" and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
+            raise JobError(
+                "validation_failed",
+                f"the saved workflow does not match the installed nodes: {listed}{more}; it was "
+                "saved with other versions of them: open and re-save it in a ComfyUI with "
+                "the worker's versions, or export the API format",
+                {"widget_mismatch": mismatched},
+            )
+        for node in output.values():  # links to nodes that are not in the prompt go
+            node["inputs"] = {
+                name: value
+                for name, value in node["inputs"].items()
+                if not (_is_link(value) and value[0] not in output)
+            }
+        return output
+
+    def _widget_inputs(
+        self, full_id: str, node: Mapping[str, Any], mismatched: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        node_type = node.get("type")
+        try:
+            widgets = widgets_of(self.node_classes[node_type], node_type)
+        except Exception:  # a broken node: ComfyUI's validation names it
+            return {}
+        values = node.get("widgets_values")
+        if isinstance(values, Mapping):  # some packs save {name: value}
+            return {
+                w.name: _wrap(values[w.name]) for w in widgets if w.in_prompt and w.name in values
+            }
+        values = list(values or [])
+        saved = [w for w in widgets if w.saved]
+        if len(values) == len(widgets) and len(saved) != len(widgets):
+            saved = widgets  # holes kept where a widget is not saved
+        if len(values) != len(saved):
+            if not values and not node.get("inputs") and not saved:
+                return {}
+            mismatched.append(
+                {
+                    "node_id": full_id,
+                    "class_type": node_type,
+                    "expected": len(saved),
+                    "found": len(values),
+                    "widgets": [w.name for w in saved],
+                }
+            )
+            return {}
+        return {
+            w.name: _wrap(value)
+            for w, value in zip(saved, values, strict=True)
+            if w.in_prompt and value is not None
+        }
+
+
+def _bypass_slot(node: Mapping[str, Any], slot: int, kind: Any) -> int | None:
+    """Which input a bypassed node hands through for output ``slot``: the same index when
+    its type fits, else the first input of exactly that type."""
+    inputs = node.get("inputs") or []
+    if kind in ("*", "", None):
+        return slot if slot < len(inputs) else (0 if inputs else None)
+    if slot < len(inputs) and _fits(inputs[slot].get("type"), kind):
+        return slot
+    for index, entry in enumerate(inputs):
+        if entry.get("type") == kind:
+            return index
+    return None
+
+
+def _fits(have: Any, want: Any) -> bool:
+    if have in ("*", "", None) or want in ("*", "", None):
+        return True
+    have_set = {t.strip() for t in str(have).split(",")}
+    want_set = {t.strip() for t in str(want).split(",")}
+    return bool(have_set & want_set)
+
+
+def _is_link(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def _wrap(value: Any) -> Any:
+    """Lists mean links in a prompt: a list value goes as ``{"__value__": list}``, as the
+    frontend sends it (ComfyUI unwraps it)."""
+    return {"__value__": value} if isinstance(value, list) else value
+
+
+def convert(
+    document: Mapping[str, Any],
+    node_classes: Mapping[str, Any],
+    display_names: Mapping[str, str] | None = None,
+    failed_modules: Sequence[FailedModule] = (),
+) -> dict[str, Any]:
+    """The API prompt the frontend's ``graphToPrompt()`` makes of a saved workflow.
+
+    Raises :class:`JobError` ``validation_failed`` naming every unknown node type at once,
+    or every node whose saved widget values do not fit the installed node.
+    """
+    if not isinstance(document.get("nodes"), list):
+        raise JobError("invalid_input", "input.workflow: a saved workflow's nodes must be a list")
+    converter = _Converter(document, node_classes, display_names or {})
+    converter.check_types(failed_modules)
+    prompt = converter.prompt()
+    if not prompt:
+        raise JobError("invalid_input", "input.workflow: the saved workflow has no nodes to run")
+    return prompt
+
+
+class DisplayNames(Mapping[str, str]):
+    """Node display names as ComfyUI's ``/object_info`` gives them to the frontend (the
+    title a node has when the saved file names none), read only for the types asked."""
+
+    def __init__(self, node_classes: Mapping[str, Any], mappings: Mapping[str, str]) -> None:
+        self.node_classes, self.mappings = node_classes, mappings
+
+    def __getitem__(self, node_type: str) -> str:
+        info = getattr(self.node_classes.get(node_type), "GET_NODE_INFO_V1", None)
+        if info is not None:  # V3 nodes: their own, as /object_info gives it
+            try:
+                return info()["display_name"] or node_type
+            except Exception:
+                return node_type
+        return self.mappings.get(node_type, node_type)
+
+    def __iter__(self) -> Any:
+        return iter(self.node_classes)
+
+    def __len__(self) -> int:
+        return len(self.node_classes)
+
+
+def converter_for(comfy: Any) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """``convert`` bound to a booted ComfyUI (executor/boot.py ``Comfy``): its node
+    classes, display names and the node modules that failed to import."""
+    nodes = comfy.nodes
+    names = DisplayNames(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    failed = getattr(comfy, "failed_modules", ())
+
+    def run(document: Mapping[str, Any]) -> dict[str, Any]:
+        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed)
+
+    return run

@@ -1,0 +1,373 @@
+"""Make the oracle corpus: saved (UI-format) workflows paired with what the real frontend's
+``app.graphToPrompt()`` makes of them.
+
+Desktop ComfyUI 0.3.75 + comfyui-frontend-package (tests/desktopkit.py) in Debian's chromium.
+Hand-made cases are built in the browser (``app.loadApiJson``, then the LiteGraph API for
+modes, reroutes, notes, primitives, subgraphs) and serialized; templates come from the
+``comfyui-workflow-templates-json`` package (only those whose nodes are all installed).
+Each case is reloaded with ``app.loadGraphData`` and converted by ``graphToPrompt`` — what
+a person gets on opening the file and queueing it. Output: ``tests/oracle/cases/*.json``
+(``{"workflow", "prompt", "source"}``) and ``tests/oracle/widgets.json`` (every node type's
+widgets as the frontend builds them). Run by hand; the fixtures are committed::
+
+    python tests/oracle/make_corpus.py [--templates N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from desktopkit import CHROMIUM, CHROMIUM_ARGS, READY, start_desktop  # noqa: E402
+
+CASES = HERE / "cases"
+
+
+def _invert(prefix: str = "inv") -> dict[str, Any]:
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1193046},
+        },
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def _txt2img() -> dict[str, Any]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
+        "5": {
+            "class_type": "EmptyLatentImage",
+            "inputs": {"width": 64, "height": 64, "batch_size": 1},
+        },
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 123456789,
+                "steps": 2,
+                "cfg": 7.5,
+                "sampler_name": "euler",
+                "scheduler": "normal",
+                "denoise": 1.0,
+                "model": ["4", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "sd", "images": ["8", 0]}},
+    }
+
+
+# JS helpers available to every case's ``mutate`` body (``g`` is app.graph).
+HELPERS = """
+const node = (id) => g.getNodeById(Number(id));
+const add = (type, props = {}) => {
+  const n = LiteGraph.createNode(type); Object.assign(n, props); g.add(n); return n; };
+const slot = (n, name) => n.inputs.findIndex((i) => i.name === name);
+const link = (from, out, to, name) => from.connect(out, to, slot(to, name));
+const setw = (n, name, v) => { n.widgets.find((w) => w.name === name).value = v; };
+"""
+
+#: name → (API prompt to open, JS that edits ``g`` before it is saved, "0.4" | "1").
+HAND: dict[str, tuple[dict[str, Any], str, str]] = {
+    "invert_plain": (_invert(), "", "0.4"),
+    "invert_v1": (_invert("v1"), "", "1"),
+    "sampler_seed": (_txt2img(), "", "0.4"),
+    "sampler_advanced_noise_seed": (
+        {
+            **_txt2img(),
+            "3": {
+                "class_type": "KSamplerAdvanced",
+                "inputs": {
+                    "add_noise": "enable",
+                    "noise_seed": 42,
+                    "steps": 4,
+                    "cfg": 6.0,
+                    "sampler_name": "euler",
+                    "scheduler": "karras",
+                    "start_at_step": 0,
+                    "end_at_step": 1000,
+                    "return_with_leftover_noise": "disable",
+                    "model": ["4", 0],
+                    "positive": ["6", 0],
+                    "negative": ["7", 0],
+                    "latent_image": ["5", 0],
+                },
+            },
+        },
+        "",
+        "0.4",
+    ),
+    "primitive_node": (
+        _invert("prim"),
+        """const p = add('PrimitiveNode'); p.pos = [0, 300];
+        link(p, 0, node(1), 'width'); p.widgets[0].value = 16;
+        const q = add('PrimitiveNode'); link(q, 0, node(3), 'filename_prefix');
+        q.widgets[0].value = 'from_primitive';""",
+        "0.4",
+    ),
+    "primitive_seed": (
+        _txt2img(),
+        "const p = add('PrimitiveNode'); link(p, 0, node(3), 'seed'); p.widgets[0].value = 777;",
+        "0.4",
+    ),
+    "reroute_chain": (
+        _invert("rr"),
+        """const a = add('Reroute'); const b = add('Reroute');
+        node(1).connect(0, a, 0); a.connect(0, b, 0); b.connect(0, node(2), 0);""",
+        "0.4",
+    ),
+    "reroute_fanout_v1": (
+        {
+            **_invert("fan"),
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        },
+        """const a = add('Reroute'); node(1).connect(0, a, 0);
+        a.connect(0, node(2), 0); a.connect(0, node(4), 0);""",
+        "1",
+    ),
+    "muted_middle": (_invert("muted"), "node(2).mode = 2;", "0.4"),
+    "muted_output": (
+        {**_invert("kept"), "4": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}}},
+        "node(4).mode = 2;",
+        "0.4",
+    ),
+    "bypassed_same_type": (_invert("bypass"), "node(2).mode = 4;", "0.4"),
+    "bypassed_chain": (
+        {
+            **_invert("bypass2"),
+            "4": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "3": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["4", 0], "filename_prefix": "bypass2"},
+            },
+        },
+        "node(2).mode = 4; node(4).mode = 4;",
+        "0.4",
+    ),
+    "bypassed_sampler": (_txt2img(), "node(3).mode = 4;", "0.4"),
+    "bypassed_other_type": (_txt2img(), "node(8).mode = 4;", "0.4"),
+    "notes": (
+        _invert("notes"),
+        """const n = add('Note'); n.widgets[0].value = 'remember: invert';
+        const m = add('MarkdownNote'); m.widgets[0].value = '# title';""",
+        "0.4",
+    ),
+    "converted_widget_linked": (
+        {
+            **_invert("conv"),
+            "10": {"class_type": "PrimitiveInt", "inputs": {"value": 24}},
+            "11": {"class_type": "PrimitiveString", "inputs": {"value": "linked_prefix"}},
+        },
+        "link(node(10), 0, node(1), 'height'); link(node(11), 0, node(3), 'filename_prefix');",
+        "0.4",
+    ),
+    "load_image": (
+        {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["2", 0], "filename_prefix": "li"},
+            },
+            "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+            "5": {
+                "class_type": "LoadImageMask",
+                "inputs": {"image": "example.png", "channel": "alpha"},
+            },
+            "6": {"class_type": "MaskToImage", "inputs": {"mask": ["5", 0]}},
+            "7": {"class_type": "PreviewImage", "inputs": {"images": ["6", 0]}},
+        },
+        "",
+        "0.4",
+    ),
+    "several_outputs": (
+        {
+            **_invert("a"),
+            "4": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["1", 0], "filename_prefix": "b"},
+            },
+            "5": {"class_type": "PreviewImage", "inputs": {"images": ["2", 0]}},
+            "6": {
+                "class_type": "ImageScale",
+                "inputs": {
+                    "image": ["2", 0],
+                    "upscale_method": "bilinear",
+                    "width": 16,
+                    "height": 16,
+                    "crop": "center",
+                },
+            },
+            "7": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["6", 0], "filename_prefix": "c"},
+            },
+        },
+        "node(5).title = 'My preview';",
+        "0.4",
+    ),
+    "subgraph": (
+        _invert("sub"),
+        """const items = new Set([node(1), node(2)]);
+        g.convertToSubgraph(items);""",
+        "0.4",
+    ),
+    "subgraph_middle_v1": (
+        {
+            **_invert("submid"),
+            "4": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "3": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["4", 0], "filename_prefix": "submid"},
+            },
+        },
+        "g.convertToSubgraph(new Set([node(2), node(4)]));",
+        "1",
+    ),
+    "subgraph_nested": (
+        _txt2img(),
+        """const outer = g.convertToSubgraph(new Set([node(6), node(7), node(3)])).node;
+        const sg = outer.subgraph;
+        const inner = [...sg.nodes].filter((n) => n.type === 'CLIPTextEncode');
+        sg.convertToSubgraph(new Set(inner));""",
+        "0.4",
+    ),
+}
+
+BUILD = (
+    """async ([api, name, mutate, version]) => {
+  await app.loadApiJson(api, name);
+  const g = app.graph;
+"""
+    + HELPERS
+    + """
+  new Function('g', 'LiteGraph', 'node', 'add', 'slot', 'link', 'setw', mutate)(
+    g, LiteGraph, node, add, slot, link, setw);
+  g.setDirtyCanvas(true, true);
+  return JSON.parse(JSON.stringify(version === '1' ? g.asSerialisable() : g.serialize()));
+}"""
+)
+
+CONVERT = """async ([wf, name]) => {
+  await app.loadGraphData(structuredClone(wf), true, true, name,
+    {showMissingNodesDialog: false, showMissingModelsDialog: false});
+  const {output} = await app.graphToPrompt();
+  return JSON.parse(JSON.stringify(output));
+}"""
+
+WIDGETS = """() => {
+  const table = {};
+  for (const type of Object.keys(LiteGraph.registered_node_types).sort()) {
+    let n; try { n = LiteGraph.createNode(type); } catch { continue; }
+    if (!n) continue;
+    // [name, widget type, goes into the prompt, saved in widgets_values]
+    table[type] = (n.widgets || []).map((w) => [w.name, w.type,
+      w.options?.serialize !== false, w.serialize !== false]);
+  }
+  return table;
+}"""
+
+
+def _templates(limit: int) -> list[tuple[str, dict[str, Any]]]:
+    """Templates whose every node type is installed (core ComfyUI 0.3.75 + frontend-only)."""
+    try:
+        import comfyui_workflow_templates_json as package
+    except ImportError:
+        print("comfyui-workflow-templates-json is not installed: no templates", file=sys.stderr)
+        return []
+    known = set(json.loads(_nodes_json())["types"]) | {
+        "Note",
+        "MarkdownNote",
+        "PrimitiveNode",
+        "Reroute",
+    }
+    found = []
+    for path in sorted((Path(package.__file__).parent / "templates").glob("*.json")):
+        try:
+            workflow = json.loads(path.read_text())
+        except ValueError:
+            continue
+        if not isinstance(workflow, dict) or "nodes" not in workflow:
+            continue
+        subs = (workflow.get("definitions") or {}).get("subgraphs") or []
+        types = {n["type"] for n in workflow["nodes"]}
+        types |= {n["type"] for s in subs for n in s.get("nodes", [])}
+        if types - {s["id"] for s in subs} <= known:
+            found.append((path.stem, workflow))
+    step = max(1, len(found) // limit) if limit else 1
+    return found[::step][:limit]
+
+
+def _nodes_json() -> str:
+    import subprocess
+
+    command = [sys.executable, "-m", "comfyui_runpod", "comfyui", "nodes", "--json", "--cpu"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def main() -> int:
+    from comfyui_runpod.executor import find_comfyui
+    from playwright.sync_api import sync_playwright
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--templates", type=int, default=24, help="at most this many (spread)")
+    parser.add_argument("--only", nargs="*", help="only these hand-made case names")
+    parser.add_argument("--widgets-only", action="store_true", help="only widgets.json")
+    args = parser.parse_args()
+    templates = _templates(args.templates)
+    CASES.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        desktop = start_desktop(find_comfyui().path, Path(scratch) / "desktop", {})
+        try:
+            deadline = time.monotonic() + 150
+            desktop.wait_ready(urllib.request.Request(f"{desktop.url}/object_info"), deadline)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                )
+                page = browser.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(desktop.url)
+                page.wait_for_function(READY, timeout=60_000)
+                widgets = page.evaluate(WIDGETS)
+                (HERE / "widgets.json").write_text(json.dumps(widgets, indent=0) + "\n")
+                for name, (api, mutate, version) in HAND.items():
+                    if args.widgets_only or (args.only and name not in args.only):
+                        continue
+                    saved = page.evaluate(BUILD, [api, name, mutate, version])
+                    _write(name, saved, page.evaluate(CONVERT, [saved, name]), "hand-made")
+                for name, workflow in templates if not (args.only or args.widgets_only) else []:
+                    try:
+                        prompt = page.evaluate(CONVERT, [workflow, name])
+                    except Exception as exc:  # the frontend itself cannot convert it
+                        print(f"skip template {name}: {exc}", file=sys.stderr)
+                        continue
+                    _write(f"template_{name}", workflow, prompt, "comfyui-workflow-templates")
+                browser.close()
+        finally:
+            desktop.stop()
+    return 0
+
+
+def _write(name: str, workflow: Any, prompt: Any, source: str) -> None:
+    document = {"source": source, "workflow": workflow, "prompt": prompt}
+    (CASES / f"{name}.json").write_text(json.dumps(document, sort_keys=True) + "\n")
+    print(f"{name}: {len(prompt)} prompt nodes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

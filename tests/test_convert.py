@@ -1,0 +1,236 @@
+"""The saved-workflow converter against the real frontend (tests/oracle/: saved workflows
+paired with what ``app.graphToPrompt()`` of desktop ComfyUI's frontend made of them, and
+every node type's widgets as that frontend builds them). No browser here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import workflows
+from comfyui_runpod.executor.convert import DisplayNames, convert, widgets_of
+from comfyui_runpod.executor.errors import JobError
+
+ORACLE = Path(__file__).resolve().parent / "oracle"
+CASES = sorted((ORACLE / "cases").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def node_classes(executor):
+    return executor.comfy.nodes.NODE_CLASS_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def display_names(executor, node_classes):
+    return DisplayNames(node_classes, executor.comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def test_widgets_are_the_frontends(node_classes) -> None:
+    """Every installed node type's widgets (names, which reach the prompt, which are
+    saved) as the desktop frontend builds them."""
+    table = json.loads((ORACLE / "widgets.json").read_text())
+    wrong = {}
+    for node_type, widgets in table.items():
+        if node_type not in node_classes:
+            continue
+        ours = [
+            [w.name, w.in_prompt, w.saved] for w in widgets_of(node_classes[node_type], node_type)
+        ]
+        theirs = [[name, prompt, saved] for name, _, prompt, saved in widgets]
+        if ours != theirs:
+            wrong[node_type] = {"ours": ours, "frontend": theirs}
+    assert not wrong, json.dumps(wrong, indent=1)[:4000]
+
+
+#: Templates saved with newer nodes than ComfyUI 0.3.75's: the frontend fills the widgets
+#: by position and drops the extra value; the converter refuses, naming the node.
+MISMATCHED = {
+    "template_3d_hunyuan3d-v2.1": "node 19:3 (ModelSamplingAuraFlow): 2 saved widget values",
+    "template_image_flux2_klein_image_edit_4b_base": "(ImageScaleToTotalPixels): 3 saved",
+    "template_image_flux2_klein_image_edit_9b_distilled": "(ImageScaleToTotalPixels): 3 saved",
+    "template_image_qwen_image_edit_2509_relight": "node 10:75 (CFGNorm): 2 saved widget",
+    "template_templates-image_to_real": "node 17:7 (CFGNorm): 2 saved widget values",
+}
+#: Where the frontend's answer is its own quirk, not the graph's meaning: (node id, input or
+#: "_meta", the frontend's value, ours).
+QUIRKS = {
+    # The frontend's bundled locale names this node by its type, not ComfyUI's display name.
+    "template_hunyuan_video_text_to_video": [
+        (
+            "45",
+            "_meta",
+            {"title": "EmptyHunyuanLatentVideo"},
+            {"title": "Empty HunyuanVideo 1.0 Latent"},
+        ),
+    ],
+    # A subgraph node saved without its inputs: the frontend shifts the promoted widget
+    # values (steps gets the seed); the inner node's own values are what the graph says.
+    "template_image_ovis_text_to_image": [
+        ("57:44", "steps", 775709856082329, 20),
+        ("57:44", "cfg", 20, 5),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
+def test_matches_graph_to_prompt(case: Path, node_classes, display_names) -> None:
+    document = json.loads(case.read_text())
+    if case.stem in MISMATCHED:
+        with pytest.raises(JobError) as caught:
+            convert(document["workflow"], node_classes, display_names)
+        assert caught.value.code == "validation_failed"
+        assert MISMATCHED[case.stem] in caught.value.message
+        assert "the installed node has" in caught.value.message
+        return
+    expected = document["prompt"]
+    for node_id, name, theirs, ours in QUIRKS.get(case.stem, []):
+        place = expected[node_id] if name == "_meta" else expected[node_id]["inputs"]
+        assert place[name] == theirs
+        place[name] = ours
+    assert convert(document["workflow"], node_classes, display_names) == expected
+
+
+def test_corpus_covers_the_graph_features() -> None:
+    names = {c.stem for c in CASES}
+    assert len(names) >= 40
+    for feature in (
+        "primitive",
+        "reroute",
+        "muted",
+        "bypassed",
+        "notes",
+        "converted",
+        "load_image",
+        "several_outputs",
+        "subgraph",
+        "seed",
+        "v1",
+        "template_",
+    ):
+        assert any(feature in n for n in names), feature
+
+
+# -- saved workflows as jobs ------------------------------------------------------------------
+
+
+def saved(name: str) -> dict:
+    """A saved workflow of the corpus (model-free ones run for real)."""
+    return json.loads((ORACLE / "cases" / f"{name}.json").read_text())["workflow"]
+
+
+def test_a_saved_workflow_runs_as_a_job_dict_or_string(make_pipeline) -> None:
+    pipeline = make_pipeline()
+    for workflow in (saved("invert_plain"), json.dumps(saved("invert_v1"))):
+        result = pipeline.run_sync({"id": "saved", "input": {"workflow": workflow}})
+        assert "error" not in result, result
+        assert len(result["files"]) == 1 and "convert_s" in result["timings"]
+    plain = pipeline.run_sync({"id": "api", "input": {"workflow": workflows.invert()}})
+    assert "convert_s" not in plain["timings"]
+
+
+def test_saved_graph_features_reach_the_run(make_pipeline) -> None:
+    """Primitives, reroutes, bypasses and subgraphs change what runs, as on the desktop."""
+    pipeline = make_pipeline()
+    cases = {
+        "primitive_node": ["from_primitive_00001_.png"],
+        "reroute_chain": ["rr_00001_.png"],
+        "bypassed_same_type": ["bypass_00001_.png"],
+        "subgraph_middle_v1": ["submid_00001_.png"],
+        "muted_output": ["kept_00001_.png"],
+    }
+    for name, files in cases.items():
+        result = pipeline.run_sync({"id": name, "input": {"workflow": saved(name)}})
+        assert "error" not in result, (name, result)
+        assert [Path(f).name for f in result["files"]] == files, name
+
+
+def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
+    result = make_pipeline().run_sync(
+        {
+            "id": "ov",
+            "input": {
+                "workflow": saved("subgraph_middle_v1"),
+                "overrides": {"3.filename_prefix": "renamed", "1.width": 4},
+                "tobase64": True,
+            },
+        }
+    )
+    assert "error" not in result, result
+    assert result["file_info"][0]["name"] == "renamed_00001_.png"
+
+
+def test_unknown_types_are_named_all_at_once(make_pipeline) -> None:
+    workflow = saved("subgraph_middle_v1")
+    workflow["nodes"][0]["type"] = "NoSuchNodeA"
+    workflow["definitions"]["subgraphs"][0]["nodes"][0]["type"] = "NoSuchNodeB"
+    result = make_pipeline().run_sync({"id": "unknown", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed"
+    assert "'NoSuchNodeA'" in result["error"] and "'NoSuchNodeB'" in result["error"]
+    assert "convert_s" in result["timings"]
+
+
+def test_a_widget_count_mismatch_names_node_type_and_counts(make_pipeline) -> None:
+    workflow = saved("invert_plain")
+    empty = next(n for n in workflow["nodes"] if n["type"] == "EmptyImage")
+    empty["widgets_values"] = [*empty["widgets_values"], "extra"]
+    result = make_pipeline().run_sync({"id": "mismatch", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed"
+    message = result["error"]
+    assert f"node {empty['id']} (EmptyImage): 5 saved widget values" in message
+    assert "has 4 (width, height, batch_size, color)" in message
+    assert result["details"]["widget_mismatch"][0]["expected"] == 4
+
+
+def test_a_saved_workflow_with_nothing_to_run_is_refused(make_pipeline) -> None:
+    result = make_pipeline().run_sync(
+        {"id": "e", "input": {"workflow": {"nodes": [], "links": []}}}
+    )
+    assert result["error_code"] == "invalid_input" and "no nodes to run" in result["error"]
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "comfyui_runpod", *args, "--cpu"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_convert_command_prints_one_or_writes_each_and_reports_failures(tmp_path: Path) -> None:
+    for name in ("invert_plain", "subgraph_nested"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(saved(name)))
+    mismatched = saved("invert_plain")
+    mismatched["nodes"][0]["widgets_values"] = [1]
+    (tmp_path / "bad.json").write_text(json.dumps(mismatched))
+    (tmp_path / "api.json").write_text(json.dumps(workflows.invert()))
+    names = ["invert_plain.json", "bad.json", "subgraph_nested.json", "api.json"]
+    done = cli("convert", *names, "--out-dir", "out", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-2000:]
+    expected = json.loads((ORACLE / "cases" / "subgraph_nested.json").read_text())["prompt"]
+    assert json.loads((tmp_path / "out" / "subgraph_nested.api.json").read_text()) == expected
+    assert (tmp_path / "out" / "invert_plain.api.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "invert_plain.api.json",
+        "subgraph_nested.api.json",
+    ]
+    assert "bad.json: validation_failed: " in done.stderr and "saved widget values" in done.stderr
+    assert "api.json: invalid_input: not a saved (UI-format) workflow" in done.stderr
+
+    one = cli("convert", "invert_plain.json", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert (
+        json.loads(one.stdout)
+        == json.loads((ORACLE / "cases" / "invert_plain.json").read_text())["prompt"]
+    )
+
+
+def test_run_command_takes_a_saved_workflow(tmp_path: Path) -> None:
+    (tmp_path / "wf.json").write_text(json.dumps(saved("reroute_chain")))
+    done = cli("run", "wf.json", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert "convert_s" in result["timings"]
+    assert [Path(f).name for f in result["files"]] == ["rr_00001_.png"]
