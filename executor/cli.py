@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from . import compat
 from .boot import BootSettings
 from .errors import JobError
 from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
@@ -294,6 +295,13 @@ def _parse_flag(flag: str) -> tuple[str, Any]:
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("jobs")
     group.add_argument(
+        "--compat",
+        choices=compat.MODES,
+        default=os.environ.get("COMFYUI_RUNPOD_COMPAT") or None,
+        help="answer in another worker's result shape, for clients written for it: "
+        "worker-comfyui (RunPod's official ComfyUI worker; env COMFYUI_RUNPOD_COMPAT)",
+    )
+    group.add_argument(
         "--model-cache",
         type=Path,
         default=os.environ.get("COMFYUI_RUNPOD_MODEL_CACHE") or None,
@@ -352,6 +360,7 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
         media=MediaSettings(allow_private_urls=args.allow_private_urls),
         models=models,
         apps=apps,
+        compat=args.compat,
     )
     pipeline = Pipeline(executor, settings)
     if manifest:

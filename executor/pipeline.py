@@ -20,7 +20,7 @@ from typing import Any
 
 from ..nodes.jobcontext import JobContext
 from ..nodes.workflows import is_saved_format
-from . import models
+from . import compat, models
 from .apps import AppStore, build_prompt
 from .convert import converter_for
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
@@ -42,6 +42,8 @@ class PipelineSettings:
     apps: AppStore | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     models: ModelSettings = field(default_factory=lambda: ModelSettings(default_cache_dir()))
+    #: Results in another worker's shape (``compat.MODES``); None: this project's contract.
+    compat: str | None = None
 
 
 class Pipeline:
@@ -103,6 +105,8 @@ class Pipeline:
         busy: concurrent.futures.Future[Any] | None = None
         held = contextlib.ExitStack()  # model-cache locks the job holds
         try:
+            if self.settings.compat == compat.WORKER_COMFYUI:
+                job = compat.prepare_job(job)
             request = parse_job(job, self.settings.environ)
             if request.workflow is not None and is_saved_format(request.workflow):
                 # A saved (UI-format) file: converted as the frontend would, before anything
@@ -144,6 +148,7 @@ class Pipeline:
                 await asyncio.wrap_future(busy)
                 timings["inputs_s"] = time.perf_counter() - mark
             context = JobContext(request.job_id, request.bucket, workspace.output_dir)
+            context.comfy_org_api_key = request.comfy_org_api_key
             handle = self.executor.submit(
                 workflow,
                 workspace,
@@ -206,9 +211,8 @@ class Pipeline:
             self._renames = moves_stay_on_one_filesystem(self.settings.delivery, output_dir)
         return self._renames
 
-    @staticmethod
     def _finish(
-        job_id: str, result: dict[str, Any], timings: dict[str, float], started: float
+        self, job_id: str, result: dict[str, Any], timings: dict[str, float], started: float
     ) -> dict[str, Any]:
         timings["total_s"] = time.perf_counter() - started
         result["timings"] = {k: round(v, 4) for k, v in timings.items()}
@@ -217,6 +221,8 @@ class Pipeline:
             log.info("job %s FAILED %s: %s", job_id, phases, result["error"])
         else:
             log.info("job %s COMPLETED %s files=%d", job_id, phases, len(result["files"]))
+        if self.settings.compat == compat.WORKER_COMFYUI:
+            return compat.shape_result(result)
         return result
 
 

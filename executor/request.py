@@ -79,6 +79,9 @@ class JobRequest:
     bucket: BucketConfig | None = None
     media: list[InputMedia] = field(default_factory=list)
     timeout_s: float | None = None
+    #: ``input.api_key_comfy_org`` (worker-comfyui's name; env ``COMFY_ORG_API_KEY``):
+    #: ComfyUI's API nodes bill to it. A secret, kept out of ``repr``.
+    comfy_org_api_key: str | None = field(default=None, repr=False)
     #: ``input.models``: fetched into the model cache before the run.
     models: list[ModelSpec] = field(default_factory=list)
     #: ``input.app``: the name of a workflow in the apps folder, run with ``params``.
@@ -131,6 +134,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         media=_parse_media(raw.get("images"), raw.get("files")),
         timeout_s=parse_policy(job.get("policy")).timeout_s,
         models=parse_specs(raw.get("models"), "input.models"),
+        comfy_org_api_key=_comfy_org_key(raw, environ),
     )
 
 
@@ -325,3 +329,15 @@ def _milliseconds(value: Any, name: str) -> float | None:
             f"policy.{name} must be milliseconds in 1..{MAX_POLICY_MS}, not {value!r}",
         )
     return float(value)
+
+
+def _comfy_org_key(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
+    """The job's Comfy.org key (worker-comfyui's ``api_key_comfy_org``, also accepted as
+    ``comfy_org_api_key``), else the worker's ``COMFY_ORG_API_KEY``."""
+    for name in ("api_key_comfy_org", "comfy_org_api_key"):
+        value = raw.get(name)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise JobError("invalid_input", f"input.{name} must be a non-empty string")
+            return value.strip()
+    return environ.get("COMFY_ORG_API_KEY") or None

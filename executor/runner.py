@@ -379,7 +379,7 @@ class Executor:
             executed_at = time.perf_counter()
             with jobcontext.active(request.context):
                 await self._prompt_executor.execute_async(
-                    prompt, prompt_id, _extra_data(prompt_id), error
+                    prompt, prompt_id, _extra_data(prompt_id, request.context), error
                 )
             result.timings["execute_s"] = time.perf_counter() - executed_at
             ui_outputs = self._prompt_executor.history_result.get("outputs", {})
@@ -466,8 +466,10 @@ def _quiet_web_ui_progress(execution: Any) -> None:
     execution.WebUIProgressHandler = HeadlessProgressHandler
 
 
-def _extra_data(prompt_id: str) -> dict[str, Any]:
+def _extra_data(prompt_id: str, context: jobcontext.JobContext | None) -> dict[str, Any]:
     extra: dict[str, Any] = {"client_id": f"comfyui-runpod-{prompt_id}"}
+    if context is not None and context.comfy_org_api_key:
+        extra["api_key_comfy_org"] = context.comfy_org_api_key  # as the frontend sends it
     import latent_preview
     from comfy.cli_args import args
 

@@ -27,6 +27,8 @@ class JobContext:
     output_dir: Path | None = None
     #: Files that nodes uploaded themselves (S3 Upload); they join the job's ``files``.
     uploads: list[UploadedFile] = field(default_factory=list)
+    #: The Comfy.org key ComfyUI's API nodes bill to (``api_key_comfy_org``): a secret.
+    comfy_org_api_key: str | None = field(default=None, repr=False)
 
 
 #: ComfyUI's own pattern for "what is executing" (``comfy_execution.utils``): a context

@@ -117,7 +117,28 @@ class TestLateSave:
         }
 
 
+class TestComfyOrgKey:
+    """An output node that reports whether ComfyUI handed it a Comfy.org API key (as API
+    nodes get it) and a digest of it: the tests never see the key itself."""
+
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "hidden": {"api_key": "API_KEY_COMFY_ORG"}}
+
+    def run(self, api_key=None):
+        import hashlib
+
+        digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
+        return {"ui": {"key_sha256": [digest]}}
+
+
 NODE_CLASS_MAPPINGS = {
+    "TestComfyOrgKey": TestComfyOrgKey,
     "TestLateSave": TestLateSave,
     "TestSeedImage": TestSeedImage,
     "TestRaise": TestRaise,
