@@ -181,7 +181,12 @@ async function renderPanel(el) {
   // Rebuilt from the server's list, so it survives a page reload.
   try {
     const answer = await call("/runpod/jobs");
-    for (const job of [...answer.jobs].reverse()) jobs.set(job.id, job);
+    for (const job of [...answer.jobs].reverse()) {
+      // An event may have brought a final state while the list was on its way: a final
+      // state is never stale, the snapshot may be.
+      const known = jobs.get(job.id);
+      if (!known || ACTIVE.has(known.status)) jobs.set(job.id, job);
+    }
   } catch (error) {
     toast("error", "RunPod jobs", error.message);
   }
