@@ -82,6 +82,8 @@ class JobRequest:
     params: dict[str, Any] = field(default_factory=dict)
     #: ``input.overrides``: ``{(node id, input name): value}``, applied last.
     overrides: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: ``input.previews``: progress events carry the samplers' latent previews.
+    previews: bool = False
 
     @property
     def destination(self) -> Destination:
@@ -127,6 +129,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         media=_parse_media(raw.get("images"), raw.get("files")),
         timeout_s=parse_policy(job.get("policy")).timeout_s,
         models=parse_specs(raw.get("models"), "input.models"),
+        previews=_parse_bool(raw.get("previews", False), "input.previews"),
     )
 
 
