@@ -370,6 +370,7 @@ def test_the_row_shows_the_samplers_live_preview(
     page, _ = browser_page
     desktop, _ = servers
     ids = queue(page, workflows.tiny_sd(checkpoint, steps=10, prefix="sd"), "tiny sd")
+    clear_toasts(page)  # the screenshot below shows the panel, not the notices
     row = row_of(page, ids[0])
     preview = row.locator("img.runpod-preview")
     preview.wait_for(state="visible", timeout=60_000)
@@ -379,7 +380,6 @@ def test_the_row_shows_the_samplers_live_preview(
         arg=preview.element_handle(),
     ).json_value()
     assert max(size) <= 256 and size == [8, 8]  # a 64 px image's latent, as latent2rgb
-    clear_toasts(page)
     page.screenshot(path=str(tmp_path / "panel.png"))
     if os.environ.get("COMFYUI_RUNPOD_UPDATE_SCREENSHOT"):
         shutil.copy(tmp_path / "panel.png", REPO / "docs" / "desktop.png")
