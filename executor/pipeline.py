@@ -155,6 +155,7 @@ class Pipeline:
                 on_progress=on_progress,
                 timeout_s=request.timeout_s,
                 context=context,
+                previews=request.previews,
             )
             busy = handle.future
             run = await handle.wait()

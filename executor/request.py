@@ -89,6 +89,8 @@ class JobRequest:
     params: dict[str, Any] = field(default_factory=dict)
     #: ``input.overrides``: ``{(node id, input name): value}``, applied last.
     overrides: dict[tuple[str, str], Any] = field(default_factory=dict)
+    #: ``input.previews``: progress events carry the samplers' latent previews.
+    previews: bool = False
 
     @property
     def destination(self) -> Destination:
@@ -135,6 +137,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
         timeout_s=parse_policy(job.get("policy")).timeout_s,
         models=parse_specs(raw.get("models"), "input.models"),
         comfy_org_api_key=_comfy_org_key(raw, environ),
+        previews=_parse_bool(raw.get("previews", False), "input.previews"),
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import re
@@ -20,7 +21,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ class _Request:
     on_progress: ProgressCallback | None
     handle: RunHandle
     context: jobcontext.JobContext | None
+    previews: bool = False
 
 
 class ExecutorClosed(RuntimeError):
@@ -232,12 +234,14 @@ class Executor:
         on_progress: ProgressCallback | None = None,
         timeout_s: float | None = None,
         context: jobcontext.JobContext | None = None,
+        previews: bool = False,
     ) -> RunHandle:
-        """Queue a prompt; ``context`` is what the pack's nodes see as the running job."""
+        """Queue a prompt; ``context`` is what the pack's nodes see as the running job;
+        ``previews``: samplers make latent previews and progress events carry them."""
         self.start()
         handle = RunHandle(self, timeout_s)
         prompt = _own_copy(prompt)
-        self._queue.put(_Request(prompt, workspace, on_progress, handle, context))
+        self._queue.put(_Request(prompt, workspace, on_progress, handle, context, previews))
         if self._closed:  # closed meanwhile: the thread may never read the queue again
             _cancel_queued(self._queue)
         return handle
@@ -330,7 +334,7 @@ class Executor:
             if get_progress_state is not None and node_id is not None:
                 get_progress_state().update_progress(node_id, value, total, preview_image)
             if self._tracker is not None:
-                self._tracker.on_step(value, total, node_id)
+                self._tracker.on_step(value, total, node_id, preview_image)
 
         comfy_utils.set_progress_bar_global_hook(hook)
         _quiet_web_ui_progress(comfy.execution)
@@ -343,7 +347,7 @@ class Executor:
         result = RunResult(prompt_id)
         started = time.perf_counter()
 
-        tracker = ProgressTracker(prompt, request.on_progress)
+        tracker = ProgressTracker(prompt, request.on_progress, request.previews)
 
         def listener(event: str, data: Any) -> None:
             if event == "execution_start" and (handle.cancelled or handle.timed_out):
@@ -377,9 +381,9 @@ class Executor:
                 result.error = _interrupted(handle, None)
                 return result
             executed_at = time.perf_counter()
-            with jobcontext.active(request.context):
+            with jobcontext.active(request.context), _preview_method(tracker.previews) as method:
                 await self._prompt_executor.execute_async(
-                    prompt, prompt_id, _extra_data(prompt_id, request.context), error
+                    prompt, prompt_id, _extra_data(prompt_id, method, request.context), error
                 )
             result.timings["execute_s"] = time.perf_counter() - executed_at
             ui_outputs = self._prompt_executor.history_result.get("outputs", {})
@@ -466,15 +470,38 @@ def _quiet_web_ui_progress(execution: Any) -> None:
     execution.WebUIProgressHandler = HeadlessProgressHandler
 
 
-def _extra_data(prompt_id: str, context: jobcontext.JobContext | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def _preview_method(previews: bool) -> Iterator[str]:
+    """The run's latent preview method (its name): none unless the job asked for previews
+    (samplers then decode nothing), else the configured one or ``latent2rgb``, which needs
+    no model. 0.3.75 reads ``args.preview_method`` when a sampler starts; 0.33 sets it from
+    ``extra_data["preview_method"]`` per prompt. The configured method is restored after."""
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    configured = args.preview_method
+    if not previews:
+        method = LatentPreviewMethod.NoPreviews
+    elif configured == LatentPreviewMethod.NoPreviews:
+        method = LatentPreviewMethod.Latent2RGB
+    else:
+        method = configured
+    args.preview_method = method
+    try:
+        yield getattr(method, "value", str(method))
+    finally:
+        args.preview_method = configured
+
+
+def _extra_data(
+    prompt_id: str, preview_method: str, context: jobcontext.JobContext | None
+) -> dict[str, Any]:
     extra: dict[str, Any] = {"client_id": f"comfyui-runpod-{prompt_id}"}
     if context is not None and context.comfy_org_api_key:
         extra["api_key_comfy_org"] = context.comfy_org_api_key  # as the frontend sends it
     import latent_preview
-    from comfy.cli_args import args
 
     if hasattr(latent_preview, "set_preview_method"):  # 0.33 resets it per prompt
-        extra["preview_method"] = getattr(args.preview_method, "value", args.preview_method)
+        extra["preview_method"] = preview_method
     return extra
 
 

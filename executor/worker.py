@@ -27,16 +27,24 @@ class ProgressThrottle:
     """Forward at most one progress event per ``interval_s``, plus the first and last.
 
     RunPod bills nothing for progress but each update is an HTTP call from the worker.
+    A dropped event's ``preview`` rides on the next one sent (previews are rare: at most
+    one a second), so the latest preview always reaches the status.
     """
 
     def __init__(self, send: Callable[[dict[str, Any]], None], interval_s: float = 0.5):
         self._send, self._interval, self._last = send, interval_s, 0.0
+        self._preview: str | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
         now = time.monotonic()
         if event["event"] in ("started", "finished") or now - self._last >= self._interval:
             self._last = now
+            if self._preview is not None and "preview" not in event:
+                event = {**event, "preview": self._preview}
+            self._preview = None
             self._send(event)
+        elif "preview" in event:
+            self._preview = event["preview"]
 
 
 def make_handler(pipeline: Pipeline) -> Handler:

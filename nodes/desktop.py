@@ -44,6 +44,12 @@ RUN_LIMIT = 10 * 1024 * 1024
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
+#: The states a job can be retried from (a new job with the same graph).
+RETRYABLE = frozenset({"FAILED", "TIMED_OUT", "CANCELLED"})
+#: The largest live preview kept (a ≤256 px JPEG is a few KiB as base64).
+MAX_PREVIEW = 256 * 1024
+#: At most this many marked nodes from a remote validation failure.
+MAX_NODE_ERRORS = 100
 SETTINGS_HINT = "Settings (gear) → RunPod"
 
 
@@ -103,6 +109,7 @@ class Desktop:
             ("GET", f"{PREFIX}/jobs", self.list_jobs),
             ("GET", f"{PREFIX}/jobs/{{id}}", self.get_job),
             ("POST", f"{PREFIX}/jobs/{{id}}/cancel", self.cancel),
+            ("POST", f"{PREFIX}/jobs/{{id}}/retry", self.retry),
             ("GET", f"{PREFIX}/settings", self.get_settings),
             ("POST", f"{PREFIX}/settings", self.post_settings),
         ]
@@ -133,6 +140,32 @@ class Desktop:
         count = body.get("count", 1)
         if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
             raise ApiProblem(400, "invalid", f"count must be 1..{MAX_COUNT}")
+        workflow = workflow if isinstance(workflow, dict) else None
+        ids = await self._submit(prompt, workflow, count)
+        return web.json_response({"jobs": [_view(self.jobs[i]) for i in ids]})
+
+    async def retry(self, request: web.Request) -> web.Response:
+        """The same graph again, as a new job (the seeds it ran with, the inputs as they
+        are now in ``input/``)."""
+        record = self._record(request.match_info["id"])
+        if record["status"] not in RETRYABLE or not isinstance(record.get("prompt"), dict):
+            raise ApiProblem(
+                409,
+                "not_retryable",
+                f"job {record['id']} is {record['status']}; only failed, timed out or "
+                "cancelled jobs can be retried",
+            )
+        [job_id] = await self._submit(record["prompt"], record.get("workflow"), 1)
+        self.jobs[job_id]["retryOf"] = record["id"]
+        self._save()
+        self._send(job_id)
+        return web.json_response({"jobs": [_view(self.jobs[job_id])]})
+
+    async def _submit(
+        self, prompt: dict[str, Any], workflow: dict[str, Any] | None, count: int
+    ) -> list[str]:
+        """Submit ``count`` jobs of ``prompt`` (job i adds i to the seeds); list and watch
+        them; their ids."""
         client = self._client(require=True)
         remote_prompt, images = await asyncio.to_thread(collect_inputs, prompt, _input_dir())
         size = sum(len(i["image"]) for i in images)
@@ -143,7 +176,8 @@ class Desktop:
                 f"the graph's input files are {size / 2**20:.1f} MiB as base64, over RunPod's "
                 "10 MiB request limit; use smaller inputs",
             )
-        job_input: dict[str, Any] = {"tobase64": True}
+        # previews: the row shows the sampler's latest latent preview while the job runs.
+        job_input: dict[str, Any] = {"tobase64": True, "previews": True}
         if images:
             job_input["images"] = images
         try:
@@ -158,7 +192,7 @@ class Desktop:
         except RunPodError as exc:
             raise ApiProblem(502, "remote", str(exc)) from None
         now = time.time()
-        for job_id in ids:
+        for i, job_id in enumerate(ids):
             if not _JOB_ID.match(job_id):
                 raise ApiProblem(502, "remote", f"{client.url} returned an odd job id {job_id!r}")
             self.jobs[job_id] = {
@@ -170,11 +204,14 @@ class Desktop:
                 "delayTime": None,
                 "executionTime": None,
                 "progress": None,
+                "preview": None,
                 "error": None,
+                "nodeErrors": None,
                 "files": [],
-                # Kept until the job ends: its PNGs get the graph back as metadata.
-                "prompt": prompt,
-                "workflow": workflow if isinstance(workflow, dict) else None,
+                # Kept until the job completes: its PNGs get the graph back as metadata,
+                # and a failed, timed out or cancelled job can be retried with it.
+                "prompt": offset_seeds(prompt, i),
+                "workflow": workflow,
             }
         log.info("queued %s on %s", ", ".join(ids), client.url)
         self._trim()
@@ -182,7 +219,7 @@ class Desktop:
         for job_id in ids:
             self._send(job_id)
             self._watch(job_id)
-        return web.json_response({"jobs": [_view(self.jobs[i]) for i in ids]})
+        return ids
 
     async def list_jobs(self, _request: web.Request) -> web.Response:
         self._load()
@@ -206,6 +243,7 @@ class Desktop:
             record["status"] = answer["status"]
             record["finishedAt"] = time.time()
             self._finish(record)
+            self._send(record["id"])
         return web.json_response(_view(record))
 
     async def get_settings(self, _request: web.Request) -> web.Response:
@@ -330,7 +368,10 @@ class Desktop:
                     "node": output.get("node"),
                     "class": output.get("class"),
                 }
+            if isinstance(output, dict) and _is_preview(output.get("preview")):
+                record["preview"] = output["preview"]
         elif state == "COMPLETED":
+            record["error"] = None
             try:
                 record["files"] = await self._save_files(client, record, output or {})
                 if isinstance(output, dict) and output.get("error"):
@@ -344,12 +385,15 @@ class Desktop:
             record["status"] = state
             error = status.get("error") or (output or {}).get("error")
             record["error"] = str(error) if error else state.lower().replace("_", " ")
+            record["nodeErrors"] = _node_errors(output)
             self._finish(record)
         return _view(record) != before
 
     def _finish(self, record: dict[str, Any]) -> None:
         record["finishedAt"] = record["finishedAt"] or time.time()
-        record["prompt"] = record["workflow"] = None
+        record["preview"] = None  # the files (or the error) say the rest
+        if record["status"] not in RETRYABLE:
+            record["prompt"] = record["workflow"] = None
         log.info("RunPod job %s %s", record["id"], record["status"])
         self._save()
 
@@ -386,7 +430,12 @@ class Desktop:
         return saved
 
     def _send(self, job_id: str) -> None:
-        self.server.send_sync("runpod.job", _view(self.jobs[job_id]))
+        """Tell the page; ``rev`` orders the views (a websocket event may overtake the HTTP
+        answer that carried an older one)."""
+        record = self.jobs[job_id]
+        # microseconds: still increasing after a desktop restart (a page may stay open)
+        record["rev"] = max(record.get("rev", 0) + 1, time.time_ns() // 1000)
+        self.server.send_sync("runpod.job", _view(record))
 
     # -- the job list in the user folder ---------------------------------------------------
 
@@ -508,7 +557,56 @@ def _name_from(entry: str, index: int) -> str:
 
 def _view(record: dict[str, Any]) -> dict[str, Any]:
     """What the page sees of a job (never the graph, never credentials)."""
-    return {k: v for k, v in record.items() if k not in ("prompt", "workflow")}
+    view = {k: v for k, v in record.items() if k not in ("prompt", "workflow")}
+    view["retryable"] = record["status"] in RETRYABLE and isinstance(record.get("prompt"), dict)
+    return view
+
+
+def _is_preview(value: Any) -> bool:
+    """A live preview as the worker sends it: a JPEG ``data:`` URL (shown as an ``img``)."""
+    return (
+        isinstance(value, str)
+        and value.startswith("data:image/jpeg;base64,")
+        and len(value) <= MAX_PREVIEW
+        and re.fullmatch(r"[A-Za-z0-9+/=]*", value[23:]) is not None
+    )
+
+
+def _node_errors(output: Any) -> dict[str, Any] | None:
+    """A remote ``validation_failed``'s per-node errors, in the shape ComfyUI's frontend
+    marks nodes with (``{node id: {errors: [{type, message, details, extra_info}],
+    class_type, dependent_outputs}}``); None for any other failure."""
+    if not isinstance(output, dict) or output.get("error_code") != "validation_failed":
+        return None
+    details = output.get("details")
+    found = details.get("node_errors") if isinstance(details, dict) else None
+    if not isinstance(found, dict):
+        return None
+    marks: dict[str, Any] = {}
+    for node_id, info in list(found.items())[:MAX_NODE_ERRORS]:
+        if not isinstance(info, dict) or not isinstance(info.get("errors"), list):
+            continue
+        errors = []
+        for item in info["errors"][:20]:
+            if not isinstance(item, dict):
+                continue
+            extra = item.get("extra_info") if isinstance(item.get("extra_info"), dict) else {}
+            errors.append(
+                {
+                    "type": str(item.get("type", ""))[:200],
+                    "message": str(item.get("message", ""))[:1000],
+                    "details": str(item.get("details", ""))[:1000],
+                    "extra_info": {
+                        k: v for k, v in extra.items() if k == "input_name" and isinstance(v, str)
+                    },
+                }
+            )
+        marks[str(node_id)] = {
+            "errors": errors,
+            "class_type": str(info.get("class_type") or ""),
+            "dependent_outputs": [],
+        }
+    return marks or None
 
 
 def _settings_view() -> dict[str, Any]:

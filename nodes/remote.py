@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jobcontext, userconfig
-from .imaging import encode_image
+from .imaging import PREVIEW_SIZE, encode_image, preview_image
 from .runpod_api import RunPodClient, RunPodError
 from .workflows import is_saved_format
 
@@ -117,6 +117,8 @@ class RemoteSubmit:
         params: str = "",
     ) -> dict[str, Any]:
         job_input: dict[str, Any] = {"tobase64": True}
+        if jobcontext.current() is None:  # someone watches this node: show live previews
+            job_input["previews"] = True
         if app.strip():
             base_params = load_params(params)
             if overrides.strip():
@@ -246,6 +248,7 @@ class _Progress:
 
         self._bar = comfy.utils.ProgressBar(100 * count)
         self._percent: dict[str, float] = {}
+        self._preview: str | None = None
 
     def watch(self, job_id: str):
         def on_status(status: dict[str, Any]) -> None:
@@ -254,8 +257,13 @@ class _Progress:
                 self._percent[job_id] = 100.0
             elif isinstance(output.get("percent"), (int, float)):
                 self._percent[job_id] = float(output["percent"])
+            preview = None
+            if output.get("preview") and output["preview"] != self._preview:
+                self._preview = output["preview"]  # a new live preview: the node shows it
+                image = preview_image(self._preview)
+                preview = None if image is None else ("JPEG", image, PREVIEW_SIZE)
             # Raises InterruptProcessingException once the user pressed cancel.
-            self._bar.update_absolute(int(sum(self._percent.values())))
+            self._bar.update_absolute(int(sum(self._percent.values())), preview=preview)
 
         return on_status
 

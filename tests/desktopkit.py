@@ -61,12 +61,19 @@ class Process:
                 self.process.wait()
 
 
-def start_serve(folder: Path, api_key: str) -> Process:
-    """``comfyui-runpod serve`` on a free port; the key from env (flags show in ``ps``)."""
+def start_serve(folder: Path, api_key: str, checkpoints: Path | None = None) -> Process:
+    """``comfyui-runpod serve`` on a free port with the tests' node pack (slow and failing
+    nodes) and ``checkpoints`` as a checkpoint folder; the key from env (flags show in
+    ``ps``)."""
     port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
     command += ["--out", str(folder / "out"), "--work-dir", str(folder / "work")]
+    command += ["--custom-nodes", str(REPO / "tests" / "custom_nodes")]
+    if checkpoints is not None:
+        models = folder / "extra_model_paths.yaml"  # JSON is YAML
+        models.write_text(json.dumps({"tests": {"checkpoints": str(checkpoints)}}))
+        command += ["--extra-model-paths", str(models)]
     env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": api_key}
     log = folder / "serve.log"
     with log.open("w") as handle:
@@ -91,22 +98,29 @@ class Desktop(Process):
         return self.root / "user"
 
 
-def start_desktop(comfyui: Path, folder: Path, env: dict[str, str]) -> Desktop:
+def start_desktop(
+    comfyui: Path, folder: Path, env: dict[str, str], port: int | None = None
+) -> Desktop:
     """Desktop ComfyUI as a person runs it (``main.py``), in a throwaway tree of symlinks
-    with this worktree as ``custom_nodes/comfyui-runpod``."""
+    with this worktree as ``custom_nodes/comfyui-runpod``. Started again on the same
+    ``folder`` (and ``port``), it is the same desktop restarted: same user folder."""
     tree = folder / "ComfyUI"
-    tree.mkdir(parents=True)
-    own = {"custom_nodes", "user", "input", "output", "temp", "models"}
-    for entry in comfyui.iterdir():
-        if entry.name not in own and not entry.name.startswith("."):
-            (tree / entry.name).symlink_to(entry)
-    (tree / "custom_nodes").mkdir()
-    (tree / "custom_nodes" / "comfyui-runpod").symlink_to(REPO)
+    if not tree.exists():
+        tree.mkdir(parents=True)
+        own = {"custom_nodes", "user", "input", "output", "temp", "models"}
+        for entry in comfyui.iterdir():
+            if entry.name not in own and not entry.name.startswith("."):
+                (tree / entry.name).symlink_to(entry)
+        (tree / "custom_nodes").mkdir()
+        (tree / "custom_nodes" / "comfyui-runpod").symlink_to(REPO)
+        # The tests' slow node, so that graphs using it open on the canvas.
+        (tree / "custom_nodes" / "test_nodes").symlink_to(REPO / "tests/custom_nodes/test_nodes")
     for name in ("user/default", "input", "output", "temp", "models"):
         (folder / name).mkdir(parents=True, exist_ok=True)
     settings = folder / "user" / "default" / "comfy.settings.json"
-    settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
-    port = free_port()
+    if not settings.exists():
+        settings.write_text(json.dumps({"Comfy.TutorialCompleted": True}))
+    port = port or free_port()
     command = [sys.executable, str(tree / "main.py"), "--cpu", "--listen", "127.0.0.1"]
     command += ["--port", str(port), "--disable-auto-launch", "--base-directory", str(tree)]
     command += ["--output-directory", str(folder / "output")]
@@ -116,7 +130,7 @@ def start_desktop(comfyui: Path, folder: Path, env: dict[str, str]) -> Desktop:
     command += ["--database-url", "sqlite:///:memory:"]
     log = folder / "desktop.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFYUI_"))}
-    with log.open("w") as handle:
+    with log.open("a") as handle:  # a restart's log follows the first run's
         process = subprocess.Popen(
             command,
             stdout=handle,

@@ -431,7 +431,7 @@ def test_cli_args_the_seam_sets_and_reads() -> None:
     from comfy.cli_args import args
 
     member(args, "cpu", "boot.py:boot (set before model_management loads)")
-    member(args, "preview_method", "runner.py:_extra_data")
+    member(args, "preview_method", "runner.py:_preview_method")
 
 
 # -- progress: the runner's hook and ComfyUI's progress registry ---------------------------

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import workflows
 from comfyui_runpod.executor import find_comfyui
 from comfyui_runpod.executor.boot import HeadlessServer
 from comfyui_runpod.nodes import desktop as desktop_module
@@ -33,6 +34,7 @@ from desktopkit import (
     start_serve,
 )
 from PIL import Image
+from tinymodel import CACHE_FILE, cache_folder
 
 API_KEY = "rp-desktop-key-8472915"
 WRONG_KEY = "rp-wrong-key-5550123"
@@ -121,7 +123,20 @@ def test_png_text_keeps_pixels() -> None:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Desktop, Process]]:
+def checkpoint(request: pytest.FixtureRequest) -> str:
+    """The tiny SD1.5 checkpoint's name, in ``cache_folder()`` (``serve``'s checkpoints)."""
+    if not (cache_folder() / CACHE_FILE).is_file():
+        request.getfixturevalue("tiny_checkpoint")  # builds it (boots ComfyUI here, once)
+    return CACHE_FILE
+
+
+DESKTOP_ENV = {"COMFYUI_RUNPOD_ENDPOINT_ID": "local"}
+
+
+@pytest.fixture(scope="module")
+def servers(
+    tmp_path_factory: pytest.TempPathFactory, checkpoint: str
+) -> Iterator[tuple[Desktop, Process]]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail(
@@ -129,12 +144,10 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Desktop,
             )
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     folder = tmp_path_factory.mktemp("desktop")
-    serve = start_serve(folder / "serve", API_KEY)  # both boot at once: ~10 s, not ~20
-    desktop = start_desktop(
-        find_comfyui().path,
-        folder / "desktop",
-        {"RUNPOD_ENDPOINT_BASE_URL": serve.url, "COMFYUI_RUNPOD_ENDPOINT_ID": "local"},
-    )
+    # both boot at once: ~10 s, not ~20
+    serve = start_serve(folder / "serve", API_KEY, checkpoints=cache_folder())
+    DESKTOP_ENV["RUNPOD_ENDPOINT_BASE_URL"] = serve.url
+    desktop = start_desktop(find_comfyui().path, folder / "desktop", DESKTOP_ENV)
     try:
         deadline = time.monotonic() + 150
         probe = urllib.request.Request(
@@ -181,6 +194,8 @@ def browser_page(servers: tuple[Desktop, Process]):
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
         )
         page = browser.new_page(viewport={"width": 1280, "height": 800})
+        # The frontend's "Nodes 2.0" banner, dismissed as a person does once.
+        page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
         page.on("response", lambda response: recorder.responses.append(response))
         page.on("websocket", recorder.on_websocket)
         page.goto(desktop.url)
@@ -286,10 +301,6 @@ def test_queue_on_runpod_lands_a_png_and_the_panel_shows_it(
         "(img) => img.complete && img.naturalWidth === 8", arg=thumb.element_handle()
     )
     assert "delay" in row.inner_text()
-    page.evaluate("() => app.extensionManager.toast.removeAll?.()")
-    page.screenshot(path=str(tmp_path / "panel.png"))
-    if os.environ.get("COMFYUI_RUNPOD_UPDATE_SCREENSHOT"):
-        shutil.copy(tmp_path / "panel.png", REPO / "docs" / "desktop.png")
 
     # The same graph queued locally in the same desktop, for the click-to-file ratio.
     started = time.perf_counter()
@@ -333,6 +344,121 @@ def test_a_failed_job_shows_its_remote_error_in_its_row(browser_page) -> None:
     row.locator(".runpod-status", has_text="FAILED").wait_for(timeout=30_000)
     error = row.locator(".runpod-error").inner_text()
     assert "validation_failed" in error and "not-there.png" in error, error
+
+
+def row_of(page, job_id: str):
+    open_panel(page)
+    return page.locator(f'.runpod-job[data-id="{job_id}"]')
+
+
+def remote_status(serve: Process, job_id: str) -> dict:
+    request = urllib.request.Request(
+        f"{serve.url}/local/status/{job_id}", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def clear_toasts(page) -> None:
+    page.evaluate("() => app.extensionManager.toast.removeAll?.()")
+    page.locator(".p-toast-message").first.wait_for(state="detached", timeout=5_000)
+
+
+def test_the_row_shows_the_samplers_live_preview(
+    browser_page, servers, checkpoint, tmp_path: Path
+) -> None:
+    page, _ = browser_page
+    desktop, _ = servers
+    ids = queue(page, workflows.tiny_sd(checkpoint, steps=10, prefix="sd"), "tiny sd")
+    clear_toasts(page)  # the screenshot below shows the panel, not the notices
+    row = row_of(page, ids[0])
+    preview = row.locator("img.runpod-preview")
+    preview.wait_for(state="visible", timeout=60_000)
+    size = page.wait_for_function(
+        """(img) => img.complete && img.naturalWidth > 0 && img.src.startsWith(
+        'data:image/jpeg;base64,') && [img.naturalWidth, img.naturalHeight]""",
+        arg=preview.element_handle(),
+    ).json_value()
+    assert max(size) <= 256 and size == [8, 8]  # a 64 px image's latent, as latent2rgb
+    page.screenshot(path=str(tmp_path / "panel.png"))
+    if os.environ.get("COMFYUI_RUNPOD_UPDATE_SCREENSHOT"):
+        shutil.copy(tmp_path / "panel.png", REPO / "docs" / "desktop.png")
+    row.locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=90_000)
+    assert not preview.is_visible()  # the results replace it
+    with Image.open(wait_file(desktop.output / "runpod" / ids[0], "sd_*.png")) as image:
+        assert image.size == (64, 64)
+
+
+def test_a_remote_validation_error_marks_the_node(browser_page, tmp_path: Path) -> None:
+    page, _ = browser_page
+    graph = invert_graph("big")
+    graph["1"]["inputs"]["width"] = 100_000  # over ComfyUI's MAX_RESOLUTION: remote refuses
+    ids = queue(page, graph, "too wide")
+    row_of(page, ids[0]).locator(".runpod-status", has_text="FAILED").wait_for(timeout=30_000)
+    assert "failed validation" in toast_text(page, "failed validation")
+    marks = page.wait_for_function(
+        "() => app.lastNodeErrors && JSON.stringify(app.lastNodeErrors)"
+    ).json_value()
+    errors = json.loads(marks)
+    assert list(errors) == ["1"] and errors["1"]["class_type"] == "EmptyImage"
+    assert errors["1"]["errors"][0]["extra_info"] == {"input_name": "width"}
+    # As for a local error: the node's width input slot is flagged for the canvas.
+    page.wait_for_function(
+        "() => app.graph.getNodeById(1).inputs.some(i => i.name === 'width' && i.hasErrors)"
+    )
+    page.evaluate("() => { app.canvas.ds.offset = [40, 120]; app.canvas.setDirty(true, true) }")
+    page.screenshot(path=str(tmp_path / "node-error.png"))
+    queue(page, invert_graph("ok"), "fixed")  # queueing again clears the marks
+    assert page.evaluate("() => app.lastNodeErrors") is None
+
+
+def test_cancel_a_slow_job_then_retry_it_and_reload_mid_job(browser_page, servers) -> None:
+    page, _ = browser_page
+    desktop, serve = servers
+    ids = queue(page, workflows.slow(steps=120, delay=0.05), "slow")
+    row = row_of(page, ids[0])
+    row.locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
+    row.locator(".runpod-cancel").click()
+    row.locator(".runpod-status", has_text="CANCELLED").wait_for(timeout=10_000)
+    assert remote_status(serve, ids[0])["status"] == "CANCELLED"
+    assert not row.locator(".runpod-cancel").is_visible()
+
+    before = set(page.evaluate(JOB_IDS))
+    row.locator(".runpod-retry").click()  # the same graph, as a new job
+    page.wait_for_function(f"async () => ({JOB_IDS})().then(ids => ids.length > {len(before)})")
+    [retried] = [i for i in page.evaluate(JOB_IDS) if i not in before]
+    new_row = row_of(page, retried)
+    new_row.locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
+
+    page.reload()  # mid-job: the row is rebuilt from the server's list and keeps updating
+    page.wait_for_function(READY, timeout=60_000)
+    new_row = row_of(page, retried)
+    new_row.wait_for()
+    new_row.locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=60_000)
+    new_row.locator(".runpod-thumbs img").wait_for()
+    assert wait_file(desktop.output / "runpod" / retried, "slow_*.png")
+    job = page.evaluate(
+        f"async () => (await (await app.api.fetchApi('/runpod/jobs/{retried}')).json())"
+    )
+    assert job["retryOf"] == ids[0] and job["retryable"] is False
+
+
+def test_a_restarted_desktop_resumes_the_job(browser_page, servers) -> None:
+    page, _ = browser_page
+    desktop, serve = servers
+    ids = queue(page, workflows.slow(steps=200, delay=0.05), "slow restart")
+    row_of(page, ids[0]).locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
+    desktop.stop()  # ComfyUI quits while the job runs remotely
+    assert remote_status(serve, ids[0])["status"] == "IN_PROGRESS"
+    port = int(desktop.url.rsplit(":", 1)[1])
+    again = start_desktop(find_comfyui().path, desktop.root, DESKTOP_ENV, port=port)
+    desktop.process = again.process  # the same desktop from here on (same user folder)
+    png = wait_file(desktop.output / "runpod" / ids[0], "slow_*.png", timeout=90)
+    with Image.open(png) as image:
+        assert image.size == (8, 8) and "workflow" in image.text
+    page.reload()
+    page.wait_for_function(READY, timeout=60_000)
+    row_of(page, ids[0]).locator(".runpod-status", has_text="COMPLETED").wait_for()
 
 
 def test_the_api_key_never_reaches_the_page_or_the_logs(browser_page, servers) -> None:

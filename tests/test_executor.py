@@ -257,6 +257,37 @@ def test_progress_events_follow_the_run(executor: Executor) -> None:
     assert events[-1]["percent"] == 100.0
 
 
+def test_previews_are_small_jpegs_at_most_one_a_second() -> None:
+    from comfyui_runpod.executor.progress import ProgressTracker
+    from comfyui_runpod.nodes.imaging import preview_image
+
+    events: list[dict] = []
+    tracker = ProgressTracker({"3": {"class_type": "KSampler"}}, events.append, previews=True)
+    big = Image.new("RGB", (1024, 512), (200, 10, 10))
+    for step in range(1, 11):  # ten fast steps: one preview
+        tracker.on_step(step, 10, "3", ("JPEG", big, 512))
+    previews = [e["preview"] for e in events if "preview" in e]
+    assert len(previews) == 1 and len(events) == 10
+    image = preview_image(previews[0])
+    assert image.size == (256, 128) and image.getpixel((5, 5))[0] > 150
+    assert preview_image("data:image/png;base64,AAAA") is None  # only JPEG comes back
+    silent: list[dict] = []
+    ProgressTracker({"3": {}}, silent.append).on_step(1, 2, "3", ("JPEG", big, 512))
+    assert "preview" not in silent[0]  # not asked for: not even encoded
+
+
+def test_the_preview_method_is_set_per_run_and_restored(executor: Executor) -> None:
+    from comfy.cli_args import LatentPreviewMethod, args
+    from comfyui_runpod.executor.runner import _preview_method
+
+    before = args.preview_method
+    with _preview_method(True) as name:
+        assert (name, args.preview_method) == ("latent2rgb", LatentPreviewMethod.Latent2RGB)
+    with _preview_method(False) as name:
+        assert (name, args.preview_method) == ("none", LatentPreviewMethod.NoPreviews)
+    assert args.preview_method == before
+
+
 @pytest.mark.parametrize(
     "name", ["../iso-x/same.png", "/etc/hostname", "same_00001_.png [output]", "x.png [temp]"]
 )

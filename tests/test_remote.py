@@ -18,6 +18,7 @@ import pytest
 import workflows
 from comfyui_runpod.executor import Executor
 from PIL import Image
+from tinymodel import cache_folder
 
 TESTS = Path(__file__).resolve().parent
 API_KEY = "rp-test-key-31337"
@@ -39,6 +40,9 @@ def serve_process(
     command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
     command += ["--custom-nodes", str(TESTS / "custom_nodes"), "--out", str(folder / "out")]
     command += ["--apps", str(TESTS / "apps")]
+    models = folder / "extra_model_paths.yaml"  # the tiny checkpoint, once a test built it
+    models.write_text(json.dumps({"tests": {"checkpoints": str(cache_folder())}}))
+    command += ["--extra-model-paths", str(models)]
     env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": API_KEY}
     log = (folder / "serve.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -210,6 +214,28 @@ def test_cancel_on_the_desktop_cancels_the_remote_jobs(executor: Executor, remot
     while health(remote_env)["jobs"]["inProgress"] or health(remote_env)["jobs"]["inQueue"]:
         assert time.monotonic() < deadline, health(remote_env)
         time.sleep(0.2)
+
+
+def test_remote_previews_show_on_the_nodes_progress(
+    executor: Executor, remote_env: str, tiny_checkpoint: str
+) -> None:
+    """Remote Submit asks for live previews and hands each new one to ComfyUI's progress bar
+    (what the desktop draws on the node); the progress hook here sees it."""
+    from comfyui_runpod.nodes.imaging import preview_image
+
+    events: list[dict] = []
+    result = executor.run(
+        desktop(remote_node(workflows.tiny_sd(tiny_checkpoint, steps=6))),
+        executor.workspace("remote-previews"),
+        on_progress=events.append,
+        previews=True,
+    )
+    assert result.error is None, result.error
+    shown = [
+        e["preview"] for e in events if e.get("class") == "RunPodRemoteSubmit" and "preview" in e
+    ]
+    assert shown, [e for e in events if e["event"] == "step"]
+    assert preview_image(shown[0]).size == (8, 8)
 
 
 def test_remote_submit_example_runs(executor: Executor, remote_env: str) -> None:

@@ -4,6 +4,7 @@ shapes, a moto S3 server and a webhook receiver. One ComfyUI for the whole sessi
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -385,6 +386,44 @@ def test_stream_yields_progress_then_the_output_once(serve):
         time.sleep(0.05)
     assert {"started", "step"} <= {c.get("event") for c in chunks[:-1]}
     assert chunks[-1]["files"][0].startswith(f"{running.base}/files/")
+
+
+def _preview(data_url: str) -> Image.Image:
+    assert data_url.startswith("data:image/jpeg;base64,"), data_url[:40]
+    image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1], validate=True)))
+    assert image.format == "JPEG" and max(image.size) <= 256
+    return image
+
+
+def test_previews_show_in_stream_and_status_only_when_asked(serve, tiny_checkpoint):
+    """``input.previews``: the sampler's latent preview (latent2rgb, no model) as a small
+    JPEG in the progress, at most one a second; without it no step carries one."""
+    running = serve()
+    graph = workflows.tiny_sd(tiny_checkpoint, steps=6, prefix="pv")
+    asked = running.call("POST", "run", {"input": {"workflow": graph, "previews": True}})[1]
+    plain = running.call("POST", "run", job(workflows.tiny_sd(tiny_checkpoint, steps=3)))[1]
+    chunks: list[dict[str, Any]] = []
+    statuses: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 120
+    while True:
+        body = running.call("GET", f"stream/{asked['id']}")[1]
+        chunks += [c["output"] for c in body["stream"]]
+        if body["status"] == "IN_PROGRESS":
+            statuses.append(running.status(asked["id"]).get("output") or {})
+        if body["status"] == "COMPLETED" and not body["stream"]:
+            break
+        assert time.monotonic() < deadline and body["status"] != "FAILED", body
+        time.sleep(0.05)
+    previews = [c for c in chunks if "preview" in c]
+    assert previews and all(c["event"] == "step" and c["class"] == "KSampler" for c in previews)
+    assert _preview(previews[0]["preview"]).size == (8, 8)  # a 64 px image's latent
+    # status keeps showing the latest one, whichever step a poll lands on
+    shown = [s["preview"] for s in statuses if s.get("event") == "step" and s["step"] > 1]
+    assert shown and all(_preview(p) for p in shown)
+    done = running.wait(plain["id"], "COMPLETED", timeout=60)
+    assert "preview" not in json.dumps(done)
+    code, body = running.call("GET", f"stream/{plain['id']}")
+    assert code == 200 and "preview" not in json.dumps(body)
 
 
 def test_local_output_urls_follow_the_retention_window(serve, tmp_path):

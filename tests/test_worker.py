@@ -117,6 +117,19 @@ def test_progress_throttle_keeps_first_and_last() -> None:
     assert [e["event"] for e in sent] == ["started", "finished"]
 
 
+def test_progress_throttle_carries_a_dropped_preview_to_the_next_event() -> None:
+    sent: list[dict] = []
+    throttle = ProgressThrottle(sent.append, interval_s=60)
+    throttle({"event": "started"})
+    throttle({"event": "step", "preview": "data:image/jpeg;base64,AAAA"})  # dropped...
+    throttle({"event": "step"})
+    throttle({"event": "finished"})  # ...its preview rides here, once
+    assert sent == [
+        {"event": "started"},
+        {"event": "finished", "preview": "data:image/jpeg;base64,AAAA"},
+    ]
+
+
 def test_a_cuda_error_asks_runpod_for_a_fresh_worker(make_pipeline) -> None:
     handler = make_handler(make_pipeline())
     prompt = workflows.invert(0)

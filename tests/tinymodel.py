@@ -193,6 +193,11 @@ def build_tiny_sd15(path: Path, *, seed: int = 0, full: bool = False) -> Path:
     return path
 
 
+def cache_folder() -> Path:
+    """Where the tiny checkpoint is cached (a ComfyUI ``checkpoints`` folder of its own)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "comfyui-runpod-tests")
+
+
 def tiny_sd15_path() -> Path:
     """The cached tiny SD1.5 checkpoint (built on first use), outside the repository.
 
@@ -200,8 +205,7 @@ def tiny_sd15_path() -> Path:
     builders each write their own temporary file and atomically replace; the last one wins
     with identical content (same seed).
     """
-    folder = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "comfyui-runpod-tests")
-    path = folder / CACHE_FILE
+    path = cache_folder() / CACHE_FILE
     if not path.is_file():
         build_tiny_sd15(path)
     return path

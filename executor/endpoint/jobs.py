@@ -66,6 +66,9 @@ class Job:
     error: str | None = None
     #: The latest progress event (shown as ``output`` while IN_PROGRESS).
     progress: dict[str, Any] | None = None
+    #: The latest live preview (``input.previews``), shown with every later progress event
+    #: so that a client polling ``status`` sees it whichever step it lands on.
+    preview: str | None = None
     #: Local output files: their index in ``output["files"]`` → name under the job's folder.
     local_files: dict[int, str] = field(default_factory=dict)
     stream: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STREAM_CHUNKS))
@@ -92,8 +95,12 @@ class Job:
     def record_progress(self, event: dict[str, Any]) -> None:
         """Progress callback; runs on the executor's thread (plain assignment and a
         deque append are atomic, so no lock is needed)."""
+        self.stream.append(event)  # each preview once
+        if "preview" in event:
+            self.preview = event["preview"]
+        elif self.preview is not None:
+            event = {**event, "preview": self.preview}
         self.progress = event
-        self.stream.append(event)
 
 
 class JobQueue:
@@ -187,6 +194,7 @@ class JobQueue:
         job.status, job.submitted = IN_QUEUE, time.monotonic()
         job.expires = job.submitted + job.ttl_s
         job.started = job.finished = job.output = job.error = job.progress = None
+        job.preview = None
         job.local_files = {}
         job.stream.clear()
         job.done = asyncio.Event()

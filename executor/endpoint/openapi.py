@@ -76,6 +76,7 @@ def _request_schema(name: str, params: dict[str, Any]) -> dict[str, Any]:
                     "app": {"const": name},
                     "params": params,
                     "tobase64": {"type": "boolean", "default": False},
+                    "previews": {"type": "boolean", "default": False},
                 },
                 "required": ["app"],
             },

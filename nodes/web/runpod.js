@@ -7,6 +7,7 @@ import { api } from "../../scripts/api.js";
 
 const ACTIVE = new Set(["IN_QUEUE", "IN_PROGRESS"]);
 const jobs = new Map(); // id -> job view, as the server sends it
+const marked = new Set(); // ids of failed jobs whose node errors this page already showed
 let panel = null; // the sidebar tab's list element while it is shown
 let ticker = null;
 
@@ -32,6 +33,11 @@ async function call(path, body) {
 
 async function queueOnRunPod() {
   const { output, workflow } = await app.graphToPrompt();
+  const store = executionStore(); // as a local queue does: the old marks go
+  if (store?.lastNodeErrors) {
+    store.lastNodeErrors = null;
+    app.canvas.draw(true, true);
+  }
   try {
     const answer = await call("/runpod/queue", { prompt: output, workflow, count: 1 });
     for (const job of answer.jobs) upsert(job);
@@ -41,6 +47,46 @@ async function queueOnRunPod() {
     toast("error", "Queue on RunPod failed", error.message);
     return [];
   }
+}
+
+async function retry(id) {
+  try {
+    const answer = await call(`/runpod/jobs/${encodeURIComponent(id)}/retry`, {});
+    for (const job of answer.jobs) upsert(job);
+    toast("info", "Retried on RunPod", answer.jobs.map((j) => j.id).join(", "));
+  } catch (error) {
+    toast("error", "Retry failed", error.message);
+  }
+}
+
+// -- remote validation errors, marked on the canvas like a local one ------------------------
+
+// The frontend keeps the errors of the last queued prompt in its execution store (read back
+// as app.lastNodeErrors): the canvas outlines those nodes and their inputs in red. The store
+// is a pinia store; the extension manager is one too and leads to the others.
+function executionStore() {
+  const pinia = app.extensionManager?._p
+    ?? document.getElementById("vue-app")?.__vue_app__?.config.globalProperties.$pinia;
+  return pinia?._s?.get("execution") ?? null;
+}
+
+function markNodeErrors(job) {
+  if (!job.nodeErrors || marked.has(job.id)) return;
+  marked.add(job.id);
+  // Only nodes of the open graph that are what the job ran (the user may have moved on).
+  const errors = Object.fromEntries(Object.entries(job.nodeErrors).filter(([id, info]) => {
+    const node = app.graph?.getNodeById(id);
+    return node && (node.comfyClass ?? node.type) === info.class_type;
+  }));
+  const lines = Object.entries(job.nodeErrors).map(([id, info]) =>
+    `#${id} ${info.class_type}: ` +
+    info.errors.map((e) => (e.details ? `${e.message} (${e.details})` : e.message)).join("; "));
+  toast("error", "RunPod: the graph failed validation", lines.join("\n"));
+  if (!Object.keys(errors).length) return;
+  const store = executionStore();
+  if (store) store.lastNodeErrors = errors;
+  else app.lastNodeErrors = errors; // older frontends keep it on the app
+  app.canvas.draw(true, true);
 }
 
 // -- settings: rendered by hand so that nothing lands in comfy.settings.json ---------------
@@ -88,6 +134,8 @@ function settingInput(field, { secret = false } = {}) {
 // -- the job list ---------------------------------------------------------------------------
 
 function upsert(job) {
+  // A websocket event may overtake the HTTP answer that carried an older view of the job.
+  if ((jobs.get(job.id)?.rev ?? -1) > (job.rev ?? 0)) return;
   jobs.set(job.id, job);
   if (panel) drawRow(job);
 }
@@ -111,10 +159,13 @@ function drawRow(job) {
     row.innerHTML = `
       <div class="runpod-head"><span class="runpod-status"></span>
         <span class="runpod-id"></span><span class="runpod-elapsed"></span>
-        <button class="runpod-cancel p-button p-button-sm p-button-text" title="Cancel">✕</button></div>
+        <button class="runpod-retry p-button p-button-sm p-button-text" title="Retry: the same graph as a new job"><i class="pi pi-refresh"></i></button>
+        <button class="runpod-cancel p-button p-button-sm p-button-text" title="Cancel"><i class="pi pi-times"></i></button></div>
       <div class="runpod-bar"><div></div></div>
       <div class="runpod-times"></div><div class="runpod-error"></div>
+      <img class="runpod-preview" alt="live preview">
       <div class="runpod-thumbs"></div>`;
+    row.querySelector(".runpod-retry").addEventListener("click", () => retry(job.id));
     row.querySelector(".runpod-cancel").addEventListener("click", async () => {
       try {
         upsert(await call(`/runpod/jobs/${encodeURIComponent(job.id)}/cancel`, {}));
@@ -135,6 +186,13 @@ function drawRow(job) {
     (job.progress?.class ? ` · ${job.progress.class}` : "");
   row.querySelector(".runpod-error").textContent = job.error || "";
   row.querySelector(".runpod-cancel").style.display = ACTIVE.has(job.status) ? "" : "none";
+  row.querySelector(".runpod-retry").style.display = job.retryable ? "" : "none";
+  const preview = row.querySelector(".runpod-preview");
+  // The sampler's latest latent preview while the job runs (a small JPEG data: URL).
+  const showPreview = ACTIVE.has(job.status) && job.preview?.startsWith("data:image/jpeg;base64,");
+  if (showPreview && preview.getAttribute("src") !== job.preview) preview.src = job.preview;
+  if (!showPreview) preview.removeAttribute("src");
+  preview.style.display = showPreview ? "" : "none";
   const thumbs = row.querySelector(".runpod-thumbs");
   if (thumbs.childElementCount !== job.files.length) {
     thumbs.replaceChildren(...job.files.map((file) => {
@@ -160,6 +218,8 @@ const STYLE = `
 .runpod-status { font-weight: bold; }
 .runpod-job[data-status="COMPLETED"] .runpod-status { color: #4caf50; }
 .runpod-job[data-status="FAILED"] .runpod-status, .runpod-job[data-status="TIMED_OUT"] .runpod-status { color: #f44336; }
+.runpod-job[data-status="CANCELLED"] .runpod-status { opacity: 0.7; }
+.runpod-preview { display: block; width: 128px; height: 128px; object-fit: contain; image-rendering: pixelated; background: #222; margin-top: 4px; border-radius: 4px; }
 .runpod-id { opacity: 0.7; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; flex: 1; }
 .runpod-bar { height: 4px; background: rgba(127,127,127,0.3); border-radius: 2px; margin: 0.3rem 0; }
 .runpod-bar > div { height: 100%; background: #2196f3; border-radius: 2px; transition: width 0.2s; }
@@ -182,10 +242,8 @@ async function renderPanel(el) {
   try {
     const answer = await call("/runpod/jobs");
     for (const job of [...answer.jobs].reverse()) {
-      // An event may have brought a final state while the list was on its way: a final
-      // state is never stale, the snapshot may be.
-      const known = jobs.get(job.id);
-      if (!known || ACTIVE.has(known.status)) jobs.set(job.id, job);
+      // An event may have brought a newer view while the list was on its way.
+      if ((jobs.get(job.id)?.rev ?? -1) <= (job.rev ?? 0)) jobs.set(job.id, job);
     }
   } catch (error) {
     toast("error", "RunPod jobs", error.message);
@@ -209,6 +267,8 @@ async function renderPanel(el) {
 api.addEventListener("runpod.job", ({ detail }) => {
   panel?.querySelector(".runpod-empty")?.remove();
   upsert(detail);
+  // Live only: a page reload does not mark an old failure on whatever graph is open now.
+  if (detail.status === "FAILED") markNodeErrors(detail);
 });
 
 app.registerExtension({
