@@ -134,6 +134,16 @@ def cycle_error(prompt: Mapping[str, Any]) -> JobError | None:
     return None
 
 
+def only_cycles(node_errors: Mapping[str, Any]) -> bool:
+    """True when ComfyUI's node errors name no problem but a link cycle (or none at all),
+    so that :func:`cycle_error` says it better."""
+    return all(
+        item.get("type") == "dependency_cycle"
+        for info in (node_errors or {}).values()
+        for item in info.get("errors", [])
+    )
+
+
 def _outside_inputs(name: str) -> bool:
     path = name.replace("\\", "/")
     return (
