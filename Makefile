@@ -72,8 +72,11 @@ gpu-check:
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # What gpu-check needs on the device machine and its image lacks (.gpu-check/, ~56 MiB).
+# ComfyUI 0.3.75 unless COMFYUI_PATH names another: 0.33's comfy-kitchen wheel alone
+# (~58 MB) would not fit the 64 MiB that travels.
 gpu-bundle: setup
-	$(BIN)/python bench/gpu_bundle.py
+	COMFYUI_PATH="$${COMFYUI_PATH:-$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))}" \
+		$(BIN)/python bench/gpu_bundle.py
 
 clean:
 	rm -rf $(VENV) runpod-output .gpu-check
