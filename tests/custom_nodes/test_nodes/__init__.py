@@ -86,6 +86,9 @@ class TestLateSave:
     RETURN_TYPES = ()
     #: Every file written, for the tests to check what became of it.
     written: ClassVar[list[str]] = []
+    #: One entry per call, made when the node's own code starts: past ComfyUI's last
+    #: interrupt check (its "executing" event comes earlier, before that check).
+    started: ClassVar[list[str]] = []
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -98,6 +101,7 @@ class TestLateSave:
         }
 
     def run(self, images, filename_prefix, delay):
+        self.started.append(filename_prefix)
         time.sleep(delay)
         output = folder_paths.get_output_directory()
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
