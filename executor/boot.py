@@ -144,9 +144,12 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         utils.extra_config.load_extra_path_config(str(yaml_path))
     for custom_dir in settings.custom_node_dirs:
         folder_paths.add_model_folder_path("custom_nodes", str(Path(custom_dir).resolve()))
+    _drop_missing_node_folders(folder_paths)
 
     import comfy.model_management as model_management
     import execution
+
+    _report_dynamic_vram()
     import nodes
     import server
 
@@ -199,3 +202,30 @@ def _register_own_nodes(nodes: ModuleType) -> None:
         nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)
     for name, title in NODE_DISPLAY_NAME_MAPPINGS.items():
         nodes.NODE_DISPLAY_NAME_MAPPINGS.setdefault(name, title)
+
+
+def _drop_missing_node_folders(folder_paths: ModuleType) -> None:
+    """ComfyUI lists every custom-node folder unchecked and its loader stops the whole
+    boot on one that does not exist: a tree without ``custom_nodes/`` (a copy made without
+    git's placeholder files, like CI's upstream tree) would not boot at all."""
+    folders, extensions = folder_paths.folder_names_and_paths["custom_nodes"]
+    present = [folder for folder in folders if Path(folder).is_dir()]
+    for folder in folders:
+        if folder not in present:
+            log.info("no custom node folder at %s: skipped", folder)
+    folder_paths.folder_names_and_paths["custom_nodes"] = (present, extensions)
+
+
+def _report_dynamic_vram() -> None:
+    """Say so where ComfyUI (0.33+, ``enables_dynamic_vram``) would use DynamicVRAM: its
+    ``main.py`` initialises comfy-aimdo before loading models, which this in-process boot
+    does not do yet, so models load with the classic ModelPatcher (as with ComfyUI's
+    ``--disable-dynamic-vram``). Never on the CPU."""
+    from comfy import cli_args
+
+    enables = getattr(cli_args, "enables_dynamic_vram", None)
+    if enables is not None and enables():
+        log.info(
+            "DynamicVRAM (comfy-aimdo) is not initialised by this boot: models load with "
+            "ComfyUI's classic ModelPatcher, as with --disable-dynamic-vram"
+        )

@@ -171,6 +171,16 @@ def _leaves_folder(name: str) -> bool:
     return path.startswith("/") or ".." in path.split("/") or bool(re.match(r"^[A-Za-z]:", path))
 
 
+def only_cycles(node_errors: Mapping[str, Any]) -> bool:
+    """True when ComfyUI's node errors name no problem but a link cycle (or none at all),
+    so that :func:`cycle_error` says it better."""
+    return all(
+        item.get("type") == "dependency_cycle"
+        for info in (node_errors or {}).values()
+        for item in info.get("errors", [])
+    )
+
+
 def _outside_inputs(name: str) -> bool:
     path = name.replace("\\", "/")
     return (

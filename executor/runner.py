@@ -413,17 +413,14 @@ class Executor:
     ) -> JobError | list[str]:
         """ComfyUI's own validation; returns the output nodes to run, or the error."""
         known = comfy.nodes.NODE_CLASS_MAPPINGS
+        replacer = getattr(comfy.server, "node_replace_manager", None)
+        if replacer is not None:  # before the unknown-type check: replaced types are unknown
+            _replace_deprecated_nodes(replacer, prompt, known)
         refused = checks.unknown_node_types(
             prompt, known, comfy.failed_modules
         ) or checks.escaping_files(prompt, known)
         if refused:
             return refused
-        replacer = getattr(comfy.server, "node_replace_manager", None)
-        if replacer is not None:
-            for node in prompt.values():
-                if isinstance(node, dict):
-                    node.setdefault("_meta", {"title": node.get("class_type", "")})
-            replacer.apply_replacements(prompt)
         try:
             ok, error, good_outputs, node_errors = await comfy.execution.validate_prompt(
                 prompt_id, prompt, None
@@ -432,8 +429,9 @@ class Executor:
             return JobError("invalid_input", f"the workflow could not be validated: {exc}")
         if ok:
             return list(good_outputs)
-        # ComfyUI reports a cycle as a bare "Prompt outputs failed validation", naming nothing.
-        cycle = None if node_errors else checks.cycle_error(prompt)
+        # ComfyUI reports a cycle as a bare "Prompt outputs failed validation", naming nothing
+        # (0.3.75), or as ``dependency_cycle`` node errors (0.33): one message on both.
+        cycle = checks.cycle_error(prompt) if checks.only_cycles(node_errors) else None
         return cycle or checks.validation_error(error, node_errors, prompt)
 
 
@@ -448,6 +446,37 @@ def _own_copy(prompt: Mapping[str, Any]) -> dict[str, Any]:
         else node
         for node_id, node in prompt.items()
     }
+
+
+def _replace_deprecated_nodes(replacer: Any, prompt: dict[str, Any], known: Mapping) -> None:
+    """Rewrite node types ComfyUI replaced (``T2IAdapterLoader`` → ``ControlNetLoader``,
+    a typo's old spelling …) as its HTTP server does before validating (ComfyUI >= 0.33).
+
+    Only when some node needs it: the rewrite walks every node, and it re-points links in
+    place, which would reach the caller's link lists (``_own_copy`` shares input values),
+    so those nodes' links are copied first.
+    """
+    stale = [
+        node
+        for node in prompt.values()
+        if isinstance(node, dict)
+        and isinstance(class_type := node.get("class_type"), str)
+        and class_type not in known
+        and replacer.has_replacement(class_type)
+    ]
+    if not stale:
+        return
+    for node_id, node in prompt.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        if isinstance(inputs, dict):  # ComfyUI skips nodes without inputs
+            links = {k: list(v) if isinstance(v, list) else v for k, v in inputs.items()}
+            # ComfyUI's rewrite copies each node's ``_meta``, which API workflows may omit.
+            meta = {"title": node.get("class_type", "")}
+            prompt[node_id] = {"_meta": meta, **node, "inputs": links}
+    try:
+        replacer.apply_replacements(prompt)
+    except Exception:  # a malformed prompt: the checks that follow name what is wrong
+        log.debug("node replacement skipped on a malformed workflow", exc_info=True)
 
 
 def _quiet_web_ui_progress(execution: Any) -> None:

@@ -1,4 +1,9 @@
-"""Shared fixtures: one real ComfyUI per test session (it is process-global state)."""
+"""Shared fixtures: one real ComfyUI per test session (it is process-global state).
+
+Which ComfyUI: the one ``find_comfyui`` picks, so ``COMFYUI_PATH`` chooses it; ``make test``
+runs the whole suite once per version CI tests (0.3.75 and 0.33.0), each a lane with its
+own ``COMFYUI_PATH``. The header of the pytest run names the tree.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfyui_runpod.executor import BootSettings, Executor
+from comfyui_runpod.executor import BootSettings, ComfyLocation, Executor, find_comfyui
 from comfyui_runpod.executor.delivery import DeliverySettings
 from comfyui_runpod.executor.inputs import MediaSettings
 from comfyui_runpod.executor.models import ModelSettings
@@ -19,6 +24,22 @@ TESTS = Path(__file__).resolve().parent
 #: ``gpu`` boots the session's ComfyUI on CUDA (``make gpu-check`` runs the executor,
 #: pipeline and serve tests that way); anything else, or unset: the CPU.
 DEVICE_ENV = "COMFYUI_RUNPOD_TEST_DEVICE"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        return f"comfyui: {find_comfyui().describe()}"
+    except Exception as exc:  # the executor fixture reports it properly
+        return f"comfyui: none found ({exc})"
+
+
+@pytest.fixture(scope="session")
+def comfyui_under_test() -> ComfyLocation:
+    """The ComfyUI tree this session boots, with the version its ``comfyui_version.py``
+    states: what tests about the booted version compare with, instead of a literal."""
+    location = find_comfyui()
+    assert location.version, f"{location.path} states no version (comfyui_version.py)"
+    return location
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +56,8 @@ def test_device() -> str:
 
 @pytest.fixture(scope="session")
 def executor(tmp_path_factory: pytest.TempPathFactory, test_device: str) -> Iterator[Executor]:
-    """The real ComfyUI 0.3.75 (CPU unless ``test_device`` is gpu), with a test-only node
-    pack (raising/slow nodes)."""
+    """The real ComfyUI under test (CPU unless ``test_device`` is gpu), with a test-only
+    node pack (raising/slow nodes)."""
     settings = BootSettings(
         work_dir=tmp_path_factory.mktemp("comfy-work"),
         cpu=test_device != "gpu",

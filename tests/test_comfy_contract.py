@@ -9,7 +9,8 @@ function that uses it, so an upgrade fails here first and says what changed.
 It reads the booted ComfyUI two ways: live, on the session's ``executor`` fixture (no new
 boot, a few millisecond-sized jobs), and statically, with ``ast`` over the same tree's
 source (``executor.comfy.location.path``), for what ComfyUI *might* touch but a small job
-does not reach. Written to hold on 0.3.75 (tested here) and 0.33.x.
+does not reach. It runs on every ComfyUI CI tests (``make test``: 0.3.75 and 0.33.0); where
+they differ, the test detects the feature (an attribute, a source line), never a version.
 """
 
 from __future__ import annotations
@@ -170,8 +171,13 @@ def test_node_replace_manager_matches_this_comfyui(comfy: Comfy) -> None:
         "boot.py:HeadlessServer.__init__ must build app.node_replace_manager's "
         "NodeReplaceManager: comfy_api registers replacements on it while nodes load"
     )
-    replace = member(manager, "apply_replacements", "runner.py:Executor._validate")
-    accepts(replace, {}, used_by="runner.py:Executor._validate (as ComfyUI's server.py does)")
+    replace = member(manager, "apply_replacements", "runner.py:_replace_deprecated_nodes")
+    accepts(replace, {}, used_by="runner.py:_replace_deprecated_nodes (as ComfyUI's server does)")
+    has = member(manager, "has_replacement", "runner.py:_replace_deprecated_nodes")
+    assert has("ConditioningAverage ") and not has("ImageInvert"), (
+        "runner.py:_replace_deprecated_nodes asks has_replacement(class_type) first; ComfyUI "
+        "registers its own replacements (comfy_extras/nodes_replacements.py) while nodes load"
+    )
 
 
 # -- PromptExecutor and validate_prompt --------------------------------------------------
@@ -250,6 +256,23 @@ def test_validate_prompt_is_async_and_returns_four_items(comfy: Comfy) -> None:
     assert {"type", "message", "details"} <= set(entry["errors"][0]), (
         f"checks.py:validation_error reads each error's 'message' and 'details': {entry}"
     )
+
+
+def test_comfyuis_own_unknown_type_refusal_reads_as_one_line(comfy: Comfy) -> None:
+    """checks.py:unknown_node_types refuses unknown class types before ComfyUI validates
+    (naming every node, and a module that failed to import), so ComfyUI's own refusal, whose
+    type differs (0.3.75 ``invalid_prompt``, 0.33 ``missing_node_type`` with extra_info),
+    never reaches a job; were it to, checks.py:validation_error must still name the type."""
+    from comfyui_runpod.executor import checks
+
+    prompt = workflows.invert()
+    prompt["2"]["class_type"] = "NoSuchNode"
+    ok, error, _, node_errors = validate(comfy, prompt)
+    assert ok is False and not node_errors and error.get("type"), error
+    line = checks.validation_error(error, node_errors, prompt).message
+    assert "NoSuchNode" in line and "#2" in line, line
+    refused = checks.unknown_node_types(prompt, comfy.nodes.NODE_CLASS_MAPPINGS)
+    assert refused is not None and refused.detail["unknown_node_types"] == {"2": "NoSuchNode"}
 
 
 # -- a run: history_result, status_messages, events ---------------------------------------
@@ -432,6 +455,27 @@ def test_cli_args_the_seam_sets_and_reads() -> None:
 
     member(args, "cpu", "boot.py:boot (set before model_management loads)")
     member(args, "preview_method", "runner.py:_preview_method")
+
+
+def test_per_prompt_preview_method_is_passed_where_comfyui_resets_it(comfy: Comfy) -> None:
+    """ComfyUI 0.33 sets the preview method from each prompt's extra_data (None: its start-up
+    default); runner.py:_extra_data passes the configured one where that hook exists."""
+    import latent_preview
+    from comfyui_runpod.executor.runner import _extra_data
+
+    source = inspect.getsource(comfy.execution.PromptExecutor.execute_async)
+    if not hasattr(latent_preview, "set_preview_method"):
+        assert "preview_method" not in source, "execute_async reads a preview method"
+        assert "preview_method" not in _extra_data("p")
+        return
+    assert 'set_preview_method(extra_data.get("preview_method"))' in source, (
+        "runner.py:_extra_data passes extra_data['preview_method'] for execute_async to read"
+    )
+    from comfy.cli_args import args
+
+    assert _extra_data("p")["preview_method"] == getattr(
+        args.preview_method, "value", args.preview_method
+    )
 
 
 # -- progress: the runner's hook and ComfyUI's progress registry ---------------------------

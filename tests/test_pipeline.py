@@ -315,7 +315,7 @@ def test_cancel_cleans_up_only_after_the_last_node_settles(
         "inputs": {"images": ["2", 0], "filename_prefix": "late", "delay": 1.0},
     }
     pipeline = make_pipeline()
-    written_before = len(late_save.written)
+    written_before, started_before = len(late_save.written), len(late_save.started)
 
     started_before = len(late_save.started)
 

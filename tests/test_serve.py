@@ -117,7 +117,7 @@ def test_sdk_run_sync_and_run_status_output(serve, monkeypatch):
     assert output["file_info"][0]["content_type"] == "image/png"
 
 
-def test_sdk_cancel_health_purge_queue(serve, monkeypatch):
+def test_sdk_cancel_health_purge_queue(serve, monkeypatch, comfyui_under_test):
     running = serve()
     endpoint = sdk_endpoint(running, monkeypatch)
     slow = endpoint.run({"workflow": workflows.slow(steps=400, delay=0.01)})
@@ -143,7 +143,7 @@ def test_sdk_cancel_health_purge_queue(serve, monkeypatch):
     assert health["jobs"]["inProgress"] == 0 and health["jobs"]["inQueue"] == 0
     assert health["workers"] == {"idle": 1, "running": 0, "unhealthy": 0}
     # an extra: the node set, with the tests' deliberately broken pack as its one failure
-    assert health["comfyui"]["version"] == "0.3.75"
+    assert health["comfyui"]["version"] == comfyui_under_test.version
     assert health["comfyui"]["nodeTypes"] > 400
     assert health["comfyui"]["failedModules"] == 1
     assert health["comfyui"]["failed"][0]["module"].endswith("broken_pack")
