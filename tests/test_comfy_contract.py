@@ -459,23 +459,19 @@ def test_cli_args_the_seam_sets_and_reads() -> None:
 
 def test_per_prompt_preview_method_is_passed_where_comfyui_resets_it(comfy: Comfy) -> None:
     """ComfyUI 0.33 sets the preview method from each prompt's extra_data (None: its start-up
-    default); runner.py:_extra_data passes the configured one where that hook exists."""
+    default); runner.py:_extra_data passes the run's method where that hook exists."""
     import latent_preview
     from comfyui_runpod.executor.runner import _extra_data
 
     source = inspect.getsource(comfy.execution.PromptExecutor.execute_async)
     if not hasattr(latent_preview, "set_preview_method"):
         assert "preview_method" not in source, "execute_async reads a preview method"
-        assert "preview_method" not in _extra_data("p")
+        assert "preview_method" not in _extra_data("p", "latent2rgb", None)
         return
     assert 'set_preview_method(extra_data.get("preview_method"))' in source, (
         "runner.py:_extra_data passes extra_data['preview_method'] for execute_async to read"
     )
-    from comfy.cli_args import args
-
-    assert _extra_data("p")["preview_method"] == getattr(
-        args.preview_method, "value", args.preview_method
-    )
+    assert _extra_data("p", "latent2rgb", None)["preview_method"] == "latent2rgb"
 
 
 # -- progress: the runner's hook and ComfyUI's progress registry ---------------------------

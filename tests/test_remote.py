@@ -225,7 +225,8 @@ def test_remote_previews_show_on_the_nodes_progress(
 
     events: list[dict] = []
     result = executor.run(
-        desktop(remote_node(workflows.tiny_sd(tiny_checkpoint, steps=6))),
+        # Enough steps that the node's polls find the remote job sampling.
+        desktop(remote_node(workflows.tiny_sd(tiny_checkpoint, steps=60))),
         executor.workspace("remote-previews"),
         on_progress=events.append,
         previews=True,

@@ -131,8 +131,7 @@ def test_s3_slow_still_delivers_and_uploads_in_parallel(pipeline_for, env):
         )
         assert "error" not in result, result
         assert [pixel(fetch(url)[1]) for url in result["files"]] == [WHITE] * 3
-    assert proxy.max_in_flight == 3
-    assert result["timings"]["deliver_s"] < 3 * 0.4
+    assert proxy.max_in_flight == 3  # all three PUTs waited on S3 at once: in parallel
 
 
 # -- the webhook receiver ----------------------------------------------------------------------
