@@ -1,7 +1,17 @@
 """Desktop "Queue on RunPod", end to end with real parts only: Debian's chromium (driven by
 playwright) → desktop ComfyUI 0.3.75 with this pack in custom_nodes/ → real HTTP → a real
 ``comfyui-runpod serve`` standing in for the RunPod endpoint → results in the desktop's
-``output/runpod/<job id>/``. One desktop, one endpoint and one browser per module."""
+``output/runpod/<job id>/``. One desktop, one endpoint and one browser per module.
+
+By hand, against another frontend than the venv's (``comfyui-frontend-package``): unzip its
+wheel and point ``COMFYUI_RUNPOD_FRONTEND_ROOT`` at the ``static`` folder that holds
+``index.html``; the desktop is started with ``--front-end-root`` on it::
+
+    pip download --no-deps -d /tmp/fe comfyui-frontend-package==1.58.1
+    cd /tmp/fe && python -m zipfile -e comfyui_frontend_package-1.58.1-*.whl 1.58.1
+    COMFYUI_RUNPOD_FRONTEND_ROOT=/tmp/fe/1.58.1/comfyui_frontend_package/static \
+        python -m pytest tests/test_desktop.py
+"""
 
 from __future__ import annotations
 
