@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Another frontend for the desktop (a by-hand check against newer ones, not CI): the
+# ``static`` folder of an unzipped ``comfyui-frontend-package`` wheel, passed to ComfyUI
+# as ``--front-end-root``. Unset: the frontend installed in the venv.
+FRONTEND_ROOT = os.environ.get("COMFYUI_RUNPOD_FRONTEND_ROOT", "")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -128,6 +132,8 @@ def start_desktop(
     command += ["--user-directory", str(folder / "user")]
     command += ["--temp-directory", str(folder / "temp")]
     command += ["--database-url", "sqlite:///:memory:"]
+    if FRONTEND_ROOT:
+        command += ["--front-end-root", str(Path(FRONTEND_ROOT).resolve())]
     log = folder / "desktop.log"
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "COMFYUI_"))}
     with log.open("a") as handle:  # a restart's log follows the first run's

@@ -1,7 +1,17 @@
 """Desktop "Queue on RunPod", end to end with real parts only: Debian's chromium (driven by
 playwright) → desktop ComfyUI 0.3.75 with this pack in custom_nodes/ → real HTTP → a real
 ``comfyui-runpod serve`` standing in for the RunPod endpoint → results in the desktop's
-``output/runpod/<job id>/``. One desktop, one endpoint and one browser per module."""
+``output/runpod/<job id>/``. One desktop, one endpoint and one browser per module.
+
+By hand, against another frontend than the venv's (``comfyui-frontend-package``): unzip its
+wheel and point ``COMFYUI_RUNPOD_FRONTEND_ROOT`` at the ``static`` folder that holds
+``index.html``; the desktop is started with ``--front-end-root`` on it::
+
+    pip download --no-deps -d /tmp/fe comfyui-frontend-package==1.58.1
+    cd /tmp/fe && python -m zipfile -e comfyui_frontend_package-1.58.1-*.whl 1.58.1
+    COMFYUI_RUNPOD_FRONTEND_ROOT=/tmp/fe/1.58.1/comfyui_frontend_package/static \
+        python -m pytest tests/test_desktop.py
+"""
 
 from __future__ import annotations
 
@@ -232,8 +242,12 @@ def open_panel(page) -> None:
     page.locator(".runpod-panel").wait_for()
 
 
+# A notice: PrimeVue's toast (1.32) or the newer frontends' own (1.58: an li[role=alert]).
+TOAST = ".p-toast-message, li[role=alert]"
+
+
 def toast_text(page, needle: str) -> str:
-    toast = page.locator(".p-toast-message", has_text=needle).last
+    toast = page.locator(TOAST, has_text=needle).last
     toast.wait_for(timeout=10_000)
     return toast.inner_text()
 
@@ -269,16 +283,23 @@ def test_queue_on_runpod_lands_a_png_and_the_panel_shows_it(
     desktop, _ = servers
     # The key through the settings dialog's write-only field, as a person types it.
     page.evaluate("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
-    page.get_by_role("option", name="RunPod").click()
+    # The RunPod category: a listbox option (1.32), a button in the dialog's nav (1.58).
+    dialog = page.get_by_role("dialog")
+    category = dialog.get_by_role("option", name="RunPod", exact=True).or_(
+        dialog.get_by_role("button", name="RunPod", exact=True)
+    )
+    category.first.click()
     field = page.locator("input.runpod-setting[data-field=apiKey]")
     field.fill(API_KEY)
-    field.press("Enter")
-    field.blur()
+    # The wrong key above left the placeholder at "set (file)" already: wait for the save.
+    saved = lambda r: r.url.endswith("/runpod/settings") and r.request.method == "POST"  # noqa: E731
+    with page.expect_response(saved):
+        field.press("Enter")
+        field.blur()
     page.wait_for_function(
-        "() => document.querySelector('input.runpod-setting[data-field=apiKey]')"
-        ".placeholder.includes('set (file)')"
+        "(f) => f.value === '' && f.placeholder.includes('set (file)')",
+        arg=field.element_handle(),
     )
-    assert field.input_value() == ""
     page.keyboard.press("Escape")
 
     started = time.perf_counter()
@@ -360,8 +381,10 @@ def remote_status(serve: Process, job_id: str) -> dict:
 
 
 def clear_toasts(page) -> None:
-    page.evaluate("() => app.extensionManager.toast.removeAll?.()")
-    page.locator(".p-toast-message").first.wait_for(state="detached", timeout=5_000)
+    page.evaluate(
+        "() => { const t = app.extensionManager.toast; (t.removeAll ?? t.dismissAll)?.call(t) }"
+    )
+    page.locator(TOAST).first.wait_for(state="detached", timeout=5_000)
 
 
 def test_the_row_shows_the_samplers_live_preview(

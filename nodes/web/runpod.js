@@ -33,11 +33,7 @@ async function call(path, body) {
 
 async function queueOnRunPod() {
   const { output, workflow } = await app.graphToPrompt();
-  const store = executionStore(); // as a local queue does: the old marks go
-  if (store?.lastNodeErrors) {
-    store.lastNodeErrors = null;
-    app.canvas.draw(true, true);
-  }
+  if (app.lastNodeErrors) setNodeErrors(null); // as a local queue does: the old marks go
   try {
     const answer = await call("/runpod/queue", { prompt: output, workflow, count: 1 });
     for (const job of answer.jobs) upsert(job);
@@ -61,13 +57,27 @@ async function retry(id) {
 
 // -- remote validation errors, marked on the canvas like a local one ------------------------
 
-// The frontend keeps the errors of the last queued prompt in its execution store (read back
-// as app.lastNodeErrors): the canvas outlines those nodes and their inputs in red. The store
-// is a pinia store; the extension manager is one too and leads to the others.
-function executionStore() {
+// The frontend keeps the errors of the last queued prompt in a pinia store (read back as
+// app.lastNodeErrors): the canvas outlines those nodes and their inputs in red. The extension
+// manager is a pinia store too and leads to the others. Where they live depends on the
+// frontend, so this looks for what is there:
+// - newer ones (1.49, 1.58) have an "executionError" store written through recordNodeErrors
+//   (per open workflow); the execution store's lastNodeErrors is only a view of it there;
+// - 1.32 has a writable lastNodeErrors on the "execution" store;
+// - older ones keep it on the app.
+function piniaStore(id) {
   const pinia = app.extensionManager?._p
     ?? document.getElementById("vue-app")?.__vue_app__?.config.globalProperties.$pinia;
-  return pinia?._s?.get("execution") ?? null;
+  return pinia?._s?.get(id) ?? null;
+}
+
+function setNodeErrors(errors) {
+  const errorStore = piniaStore("executionError");
+  const store = piniaStore("execution");
+  if (typeof errorStore?.recordNodeErrors === "function") errorStore.recordNodeErrors(errors);
+  else if (store) store.lastNodeErrors = errors;
+  else app.lastNodeErrors = errors;
+  app.canvas.draw(true, true);
 }
 
 function markNodeErrors(job) {
@@ -82,11 +92,7 @@ function markNodeErrors(job) {
     `#${id} ${info.class_type}: ` +
     info.errors.map((e) => (e.details ? `${e.message} (${e.details})` : e.message)).join("; "));
   toast("error", "RunPod: the graph failed validation", lines.join("\n"));
-  if (!Object.keys(errors).length) return;
-  const store = executionStore();
-  if (store) store.lastNodeErrors = errors;
-  else app.lastNodeErrors = errors; // older frontends keep it on the app
-  app.canvas.draw(true, true);
+  if (Object.keys(errors).length) setNodeErrors(errors);
 }
 
 // -- settings: rendered by hand so that nothing lands in comfy.settings.json ---------------
