@@ -60,13 +60,24 @@ test-0.3.75: setup
 	comfyui="$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))" \
 		&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The desktop browser tests of this lane use the frontend that version pins, unpacked
+# beside the venv (the venv itself keeps 0.3.75's pin).
 test-upstream: setup
 	@if [ ! -f "$(UPSTREAM_COMFYUI)/comfyui_version.py" ]; then \
 		echo "test-upstream: skipped: no upstream ComfyUI tree at $(UPSTREAM_COMFYUI) (CI has one)"; \
 	else \
 		set -x; \
+		pin="$$(sed -n 's/^comfyui-frontend-package==//p' $(UPSTREAM_COMFYUI)/requirements.txt)"; \
+		frontend="$(VENV)/frontends/$$pin"; \
+		if [ ! -d "$$frontend" ]; then \
+			$(BIN)/pip download --quiet --no-deps -d "$$frontend.wheel" "comfyui-frontend-package==$$pin" \
+			&& $(BIN)/python -m zipfile -e "$$frontend.wheel"/*.whl "$$frontend" \
+			&& rm -rf "$$frontend.wheel"; \
+		fi; \
 		comfyui="$$($(BIN)/comfyui-runpod comfyui install --from-path $(UPSTREAM_COMFYUI))" \
-			&& COMFYUI_PATH="$$comfyui" $(BIN)/python -m pytest $(PYTEST_ARGS); \
+			&& COMFYUI_PATH="$$comfyui" \
+			COMFYUI_RUNPOD_FRONTEND_ROOT="$$frontend/comfyui_frontend_package/static" \
+			$(BIN)/python -m pytest $(PYTEST_ARGS); \
 	fi
 
 # P1-P6 (see docs/performance.md); BENCH_ARGS=--quick for a smoke run, --only overhead,soak.
