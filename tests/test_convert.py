@@ -11,11 +11,21 @@ from pathlib import Path
 
 import pytest
 import workflows
+from comfyui_runpod.executor import find_comfyui
 from comfyui_runpod.executor.convert import DisplayNames, convert, widgets_of
 from comfyui_runpod.executor.errors import JobError
 
 ORACLE = Path(__file__).resolve().parent / "oracle"
 CASES = sorted((ORACLE / "cases").glob("*.json"))
+#: The oracle is desktop ComfyUI 0.3.75's frontend (1.32.9) on 0.3.75's node definitions.
+#: Other versions title, version and widget some nodes differently (0.33: "Empty Image",
+#: CreateVideo's bit_depth, ...), so comparing with it is that version's test alone; the
+#: converter's behaviour tests below run on every version.
+ORACLE_COMFYUI = "0.3.75"
+oracle_version_only = pytest.mark.skipif(
+    find_comfyui().version != ORACLE_COMFYUI,
+    reason=f"the oracle fixtures were made with ComfyUI {ORACLE_COMFYUI}",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +38,7 @@ def display_names(executor, node_classes):
     return DisplayNames(node_classes, executor.comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
 
 
+@oracle_version_only
 def test_widgets_are_the_frontends(node_classes) -> None:
     """Every installed node type's widgets (names, which reach the prompt, which are
     saved) as the desktop frontend builds them."""
@@ -75,6 +86,7 @@ QUIRKS = {
 }
 
 
+@oracle_version_only
 @pytest.mark.parametrize("case", CASES, ids=[c.stem for c in CASES])
 def test_matches_graph_to_prompt(case: Path, node_classes, display_names) -> None:
     document = json.loads(case.read_text())
@@ -199,6 +211,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@oracle_version_only
 def test_convert_command_prints_one_or_writes_each_and_reports_failures(tmp_path: Path) -> None:
     for name in ("invert_plain", "subgraph_nested"):
         (tmp_path / f"{name}.json").write_text(json.dumps(saved(name)))

@@ -392,7 +392,8 @@ def test_the_row_shows_the_samplers_live_preview(
 ) -> None:
     page, _ = browser_page
     desktop, _ = servers
-    ids = queue(page, workflows.tiny_sd(checkpoint, steps=10, prefix="sd"), "tiny sd")
+    # Enough steps that the desktop's polls find the remote job sampling, on any version.
+    ids = queue(page, workflows.tiny_sd(checkpoint, steps=60, prefix="sd"), "tiny sd")
     clear_toasts(page)  # the screenshot below shows the panel, not the notices
     row = row_of(page, ids[0])
     preview = row.locator("img.runpod-preview")
