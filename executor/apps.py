@@ -87,6 +87,19 @@ class Param:
     step: float | None = None
     enum: tuple[Any, ...] | None = None
 
+    def kind_line(self, choices: int = 8) -> str:
+        """Its type for people: ``integer 1..50``, ``choice one of [euler, ddim, ...]``
+        (at most ``choices`` choices shown); the CLI and the docs page both show this."""
+        kind = self.kind
+        if self.minimum is not None or self.maximum is not None:
+            low = "" if self.minimum is None else f"{self.minimum:g}"
+            high = "" if self.maximum is None else f"{self.maximum:g}"
+            kind += f" {low}..{high}"
+        if self.enum is not None:
+            more = ", ..." if len(self.enum) > choices else ""
+            kind += f" one of [{', '.join(map(str, self.enum[:choices]))}{more}]"
+        return kind
+
     def schema(self) -> dict[str, Any]:
         """This parameter as a JSON Schema (2020-12; ``x-step`` is the widget's step)."""
         schema: dict[str, Any] = {}

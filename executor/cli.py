@@ -543,13 +543,6 @@ def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
 
 def _describe(param: Any) -> str:
     """One line: ``integer 1..50 (default 2): Sampling steps``."""
-    kind = param.kind
-    if param.minimum is not None or param.maximum is not None:
-        low = "" if param.minimum is None else f"{param.minimum:g}"
-        high = "" if param.maximum is None else f"{param.maximum:g}"
-        kind += f" {low}..{high}"
-    if param.enum is not None:
-        shown = ", ".join(map(str, param.enum[:8])) + (", ..." if len(param.enum) > 8 else "")
-        kind += f" one of [{shown}]"
+    kind = param.kind_line()
     kind += " (required)" if param.required else f" (default {json.dumps(param.default)})"
     return f"{kind}: {param.description}" if param.description else kind

@@ -172,14 +172,7 @@ def docs_page(store: AppStore | None, node_classes: Mapping[str, Any], *, server
         parts.append("<tr><th>parameter</th><th>type</th><th>default</th><th>description</th></tr>")
         example: dict[str, Any] = {}
         for param in params:
-            kind = param.kind
-            if param.minimum is not None or param.maximum is not None:
-                low = "" if param.minimum is None else f"{param.minimum:g}"
-                high = "" if param.maximum is None else f"{param.maximum:g}"
-                kind += f" {low}..{high}"
-            if param.enum is not None:
-                shown = ", ".join(map(str, param.enum[:12]))
-                kind += f" — one of: {shown}{', …' if len(param.enum) > 12 else ''}"
+            kind = param.kind_line(choices=12)
             default = "required" if param.required else json.dumps(param.default)
             parts.append(
                 f"<tr><td><code>{esc(param.name)}</code></td><td>{esc(kind)}</td>"
