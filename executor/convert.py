@@ -14,7 +14,8 @@ worker converts instead of refusing. What the frontend does, and so what this do
   (mode 4) hand an input of the same type through;
 - Note, MarkdownNote, PrimitiveNode and Reroute never reach the prompt;
 - subgraph nodes (``definitions.subgraphs``) are flattened, inner ids named
-  ``"outer:inner"``; every node keeps ``_meta.title``.
+  ``"outer:inner"``; legacy group nodes (``extra.groupNodes``) too, as
+  ``"group:index"`` (executor/groupnodes.py); every node keeps ``_meta.title``.
 
 Unlike the frontend, a node whose saved widget values do not fit the installed node (a
 file saved with another version of it) is refused instead of filled in by position: a
@@ -30,119 +31,18 @@ from typing import Any
 
 from .checks import unknown_node_types
 from .errors import JobError
+from .groupnodes import expand, group_name
 from .node_imports import FailedModule
+from .savedgraph import BYPASS, MUTED, Link, parse_links
+from .widgets import widgets_of
 
 #: Node types that exist only in the frontend: never in the prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
-#: Saved node modes (LiteGraph): 2 = never (muted), 4 = bypass.
-MUTED, BYPASS = 2, 4
 #: Ids of a subgraph's boundary nodes inside it.
 SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20
-#: INT inputs that get a ``control_after_generate`` widget without asking for one.
-SEED_NAMES = frozenset({"seed", "noise_seed"})
-_UPLOADS = ("image_upload", "video_upload", "audio_upload", "file_upload", "3d_upload")
-_VALUE_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-
-
-@dataclass(frozen=True)
-class Widget:
-    """One widget as the frontend builds it from an input definition."""
-
-    name: str
-    #: Whether its value goes into the prompt (frontend-only widgets: False).
-    in_prompt: bool = True
-    #: Whether its value is saved in ``widgets_values``.
-    saved: bool = True
-
-
-def widgets_of(node_class: Any, node_type: str = "") -> list[Widget]:
-    """The widgets the frontend gives a node of this class, in order.
-
-    Value inputs (INT, FLOAT, STRING, BOOLEAN, combos) are widgets unless ``forceInput``;
-    seed-like ones and those asking for it get a ``control_after_generate`` widget right
-    after; upload options add an ``upload`` button after all others.
-    """
-    if node_type in EXTENSION_WIDGETS:
-        return list(EXTENSION_WIDGETS[node_type])
-    spec = node_class.INPUT_TYPES()
-    widgets: list[Widget] = []
-    trailing: list[Widget] = []
-    for group in ("required", "optional"):
-        for name, definition in (spec.get(group) or {}).items():
-            kind, options = _split(definition)
-            if options.get("forceInput"):
-                continue
-            if not (isinstance(kind, (list, tuple)) or kind in _VALUE_TYPES):
-                continue
-            widgets.append(Widget(name))
-            control = options.get("control_after_generate")
-            seed_like = kind == "INT" and control is None and name in SEED_NAMES
-            if control or seed_like:
-                widgets.append(Widget("control_after_generate", in_prompt=False))
-            if options.get("audio_upload"):
-                trailing.append(Widget("audioUI", in_prompt=False, saved=False))
-            if any(options.get(key) for key in _UPLOADS):
-                trailing.append(Widget("upload", in_prompt=False))
-    return widgets + trailing
-
-
-def _widgets(*rows: str) -> tuple[Widget, ...]:
-    """``"name"``: a plain widget; ``"name|ui"``: frontend-only, saved; ``"name|view"``:
-    in the prompt (as nothing: it holds no value) but not saved."""
-    made = []
-    for row in rows:
-        name, _, kind = row.partition("|")
-        made.append(Widget(name, in_prompt=kind != "ui", saved=kind != "view"))
-    return tuple(made)
-
-
-#: Core nodes whose widgets the frontend's own extensions make (audio players, 3D
-#: viewers, the webcam, the output-folder loader): not derivable from their inputs.
-EXTENSION_WIDGETS: dict[str, tuple[Widget, ...]] = {
-    "LoadAudio": _widgets("audio", "audioUI|view", "upload|ui"),
-    "PreviewAudio": _widgets("audioUI|view"),
-    "SaveAudio": _widgets("filename_prefix", "audioUI|view"),
-    "SaveAudioMP3": _widgets("filename_prefix", "quality", "audioUI|view"),
-    "SaveAudioOpus": _widgets("filename_prefix", "quality", "audioUI|view"),
-    "RecordAudio": _widgets("audio", "audio|ui"),
-    "PreviewAny": _widgets("preview|view"),
-    "LoadImageOutput": _widgets(
-        "image", "Auto-refresh after generation|ui", "refresh", "upload|ui"
-    ),
-    "Load3D": _widgets(
-        "model_file",
-        "upload 3d model",
-        "upload extra resources",
-        "clear",
-        "image",
-        "width",
-        "height",
-    ),
-    "Preview3D": _widgets("model_file", "image"),
-    "SaveGLB": _widgets("filename_prefix", "image"),
-    "WebcamCapture": _widgets(
-        "image", "width", "height", "capture_on_queue", "waiting for camera..."
-    ),
-}
-
-
-def _split(definition: Any) -> tuple[Any, dict[str, Any]]:
-    if not isinstance(definition, (list, tuple)) or not definition:
-        return definition, {}
-    options = definition[1] if len(definition) > 1 and isinstance(definition[1], dict) else {}
-    return definition[0], options
 
 
 # -- the saved graph -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Link:
-    origin_id: Any
-    origin_slot: int
-    target_id: Any
-    target_slot: int
-    type: Any
 
 
 @dataclass
@@ -150,7 +50,7 @@ class _Graph:
     """The root graph or one subgraph instance, with the ids its nodes get in the prompt."""
 
     nodes: dict[Any, dict[str, Any]]
-    links: dict[Any, _Link]
+    links: dict[Any, Link]
     prefix: str = ""
     #: The subgraph node this instance is (in ``parent``), and the definition.
     parent: _Graph | None = None
@@ -159,21 +59,6 @@ class _Graph:
 
     def full_id(self, node_id: Any) -> str:
         return f"{self.prefix}{node_id}"
-
-
-def _links(raw: Any) -> dict[Any, _Link]:
-    links: dict[Any, _Link] = {}
-    for item in raw or []:
-        if isinstance(item, (list, tuple)) and len(item) >= 5:  # version 0.4
-            link_id, origin, oslot, target, tslot = item[:5]
-            kind = item[5] if len(item) > 5 else None
-        elif isinstance(item, Mapping):  # version 1
-            link_id, origin, oslot = item.get("id"), item.get("origin_id"), item.get("origin_slot")
-            target, tslot, kind = item.get("target_id"), item.get("target_slot"), item.get("type")
-        else:
-            continue
-        links[link_id] = _Link(origin, int(oslot or 0), target, int(tslot or 0), kind)
-    return links
 
 
 class _Converter:
@@ -189,10 +74,13 @@ class _Converter:
         self.subgraphs = {
             s.get("id"): s for s in definitions.get("subgraphs") or [] if isinstance(s, Mapping)
         }
-        self.root = _Graph(
-            {n.get("id"): n for n in document.get("nodes") or [] if isinstance(n, Mapping)},
-            _links(document.get("links")),
-        )
+        nodes = {n.get("id"): n for n in document.get("nodes") or [] if isinstance(n, Mapping)}
+        links = parse_links(document.get("links"))
+        self.groups = (document.get("extra") or {}).get("groupNodes") or {}
+        self.mismatched: list[dict[str, Any]] = []
+        if isinstance(self.groups, Mapping) and self.groups:
+            nodes, links, self.mismatched = expand(nodes, links, self.groups, node_classes)
+        self.root = _Graph(nodes, links)
         self.graphs = self._flatten(self.root, depth=0)
 
     def _flatten(self, graph: _Graph, depth: int) -> list[_Graph]:
@@ -207,7 +95,7 @@ class _Converter:
                 continue
             inner = _Graph(
                 {n.get("id"): n for n in definition.get("nodes") or []},
-                _links(definition.get("links")),
+                parse_links(definition.get("links")),
                 prefix=f"{graph.prefix}{node_id}:",
                 parent=graph,
                 instance=node,
@@ -275,12 +163,21 @@ class _Converter:
 
     # -- the prompt ------------------------------------------------------------------------
 
+    def _packed(self, node_type: Any) -> bool:
+        """Whether nodes of this type never reach the prompt themselves: frontend-only
+        ones, subgraph nodes (their inner nodes do) and group nodes left packed."""
+        return (
+            node_type in FRONTEND_ONLY
+            or node_type in self.subgraphs
+            or group_name(node_type) in self.groups
+        )
+
     def check_types(self, failed_modules: Sequence[FailedModule]) -> None:
         typed = {
             graph.full_id(node_id): {"class_type": node.get("type")}
             for graph in self.graphs
             for node_id, node in graph.nodes.items()
-            if node.get("type") not in FRONTEND_ONLY and node.get("type") not in self.subgraphs
+            if not self._packed(node.get("type"))
         }
         error = unknown_node_types(typed, self.node_classes, failed_modules)
         if error is not None:
@@ -288,15 +185,11 @@ class _Converter:
 
     def prompt(self) -> dict[str, Any]:
         output: dict[str, Any] = {}
-        mismatched: list[dict[str, Any]] = []
+        mismatched = list(self.mismatched)
         for graph in self.graphs:
             for node_id, node in graph.nodes.items():
                 node_type = node.get("type")
-                if (
-                    node_type in FRONTEND_ONLY
-                    or node_type in self.subgraphs
-                    or node.get("mode") in (MUTED, BYPASS)
-                ):
+                if self._packed(node_type) or node.get("mode") in (MUTED, BYPASS):
                     continue
                 full_id = graph.full_id(node_id)
                 inputs = self._widget_inputs(full_id, node, mismatched)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import workflows
 from comfyui_runpod.executor import find_comfyui
-from comfyui_runpod.executor.convert import DisplayNames, convert, widgets_of
+from comfyui_runpod.executor.convert import DisplayNames, convert
 from comfyui_runpod.executor.errors import JobError
+from comfyui_runpod.executor.widgets import widgets_of
+from PIL import Image
 
 ORACLE = Path(__file__).resolve().parent / "oracle"
 CASES = sorted((ORACLE / "cases").glob("*.json"))
@@ -65,8 +67,10 @@ MISMATCHED = {
     "template_image_qwen_image_edit_2509_relight": "node 10:75 (CFGNorm): 2 saved widget",
     "template_templates-image_to_real": "node 17:7 (CFGNorm): 2 saved widget values",
 }
-#: Where the frontend's answer is its own quirk, not the graph's meaning: (node id, input or
-#: "_meta", the frontend's value, ours).
+#: Not in the frontend's answer (a quirk below) or not in ours.
+ABSENT = "(absent)"
+#: Where the frontend's answer is its own quirk, not the graph's meaning: (node id, input,
+#: "_meta" or None for the whole node, the frontend's value, ours).
 QUIRKS = {
     # The frontend's bundled locale names this node by its type, not ComfyUI's display name.
     "template_hunyuan_video_text_to_video": [
@@ -83,7 +87,45 @@ QUIRKS = {
         ("57:44", "steps", 775709856082329, 20),
         ("57:44", "cfg", 20, 5),
     ],
+    # Legacy group nodes. Muted, the frontend still runs the group's nodes (and what
+    # they feed); muted means "do not run" everywhere else.
+    "group_muted": [
+        ("10:0", None, "EmptyLatentImage", ABSENT),
+        ("10:1", None, "KSampler", ABSENT),
+        ("10:2", None, "VAEDecode", ABSENT),
+        ("9", "images", ["10:2", 0], ABSENT),
+    ],
+    # Bypassed, it hands its input through (as ours) but still lists the inner nodes.
+    "group_bypassed": [
+        ("5:0", None, "ImageInvert", ABSENT),
+        ("5:1", None, "ImageInvert", ABSENT),
+    ],
+    # A reroute inside a group: the frontend links to the reroute itself, then drops
+    # the link (the node would fail validation); ours follows it, as outside groups.
+    "group_primitive_reroute": [("6:3", "image", ABSENT, ["6:1", 0])],
+    # A primitive feeding a widget of a node with 10+ inputs inside a group: the frontend
+    # checks "linked" by position among sockets sorted as strings, so it binds the
+    # primitive to noise_seed (an INT given "dpmpp_2m"); ours follows the link.
+    "group_advanced_sampler": [
+        ("11:2", "noise_seed", "dpmpp_2m", 42),
+        ("11:2", "sampler_name", "euler", "dpmpp_2m"),
+    ],
 }
+
+
+def _patch(expected: dict, node_id: str, name: str | None, theirs, ours) -> None:
+    """One quirk of the frontend's answer replaced by ours, after checking it is there."""
+    if name is None:
+        assert expected.get(node_id, {}).get("class_type", ABSENT) == theirs
+        place, key = expected, node_id
+    else:
+        place = expected[node_id] if name == "_meta" else expected[node_id]["inputs"]
+        assert place.get(name, ABSENT) == theirs
+        key = name
+    if ours is ABSENT:
+        del place[key]
+    else:
+        place[key] = ours
 
 
 @oracle_version_only
@@ -98,10 +140,8 @@ def test_matches_graph_to_prompt(case: Path, node_classes, display_names) -> Non
         assert "the installed node has" in caught.value.message
         return
     expected = document["prompt"]
-    for node_id, name, theirs, ours in QUIRKS.get(case.stem, []):
-        place = expected[node_id] if name == "_meta" else expected[node_id]["inputs"]
-        assert place[name] == theirs
-        place[name] = ours
+    for quirk in QUIRKS.get(case.stem, []):
+        _patch(expected, *quirk)
     assert convert(document["workflow"], node_classes, display_names) == expected
 
 
@@ -118,6 +158,7 @@ def test_corpus_covers_the_graph_features() -> None:
         "load_image",
         "several_outputs",
         "subgraph",
+        "group_",
         "seed",
         "v1",
         "template_",
@@ -157,6 +198,53 @@ def test_saved_graph_features_reach_the_run(make_pipeline) -> None:
         result = pipeline.run_sync({"id": name, "input": {"workflow": saved(name)}})
         assert "error" not in result, (name, result)
         assert [Path(f).name for f in result["files"]] == files, name
+
+
+def test_legacy_group_nodes_run_each_instance_with_its_own_values(make_pipeline) -> None:
+    """Two instances of one group node (EmptyImage → ImageInvert): each runs with the
+    widget values of its instance, and a reroute inside a group is followed."""
+    pipeline = make_pipeline()
+    result = pipeline.run_sync({"id": "groups", "input": {"workflow": saved("group_twice_v1")}})
+    assert "error" not in result, result
+    images = {Path(f).name: Image.open(f).convert("RGB") for f in result["files"]}
+    one, two = images["one_00001_.png"], images["two_00001_.png"]
+    assert one.size == (8, 8) and one.getpixel((0, 0)) == (0xED, 0xCB, 0xA9)
+    assert two.size == (32, 512) and two.getpixel((0, 0)) == (255, 255, 0)
+    rerouted = pipeline.run_sync(
+        {"id": "gr", "input": {"workflow": saved("group_primitive_reroute")}}
+    )
+    assert "error" not in rerouted, rerouted
+    [image] = [Image.open(f) for f in rerouted["files"]]
+    assert image.size == (16, 8)  # the primitive inside the group set the width
+
+
+def test_a_muted_group_node_does_not_run(make_pipeline) -> None:
+    """The frontend would still run a muted group's nodes (and save ``two_``)."""
+    workflow = saved("group_twice_v1")
+    second = next(n for n in workflow["nodes"] if n["id"] == 6)
+    second["mode"] = 2
+    result = make_pipeline().run_sync({"id": "muted", "input": {"workflow": workflow}})
+    assert "error" not in result, result  # ComfyUI runs the outputs that validate
+    assert [Path(f).name for f in result["files"]] == ["one_00001_.png"]
+
+
+def test_a_group_node_saved_with_other_widgets_is_named(make_pipeline) -> None:
+    workflow = saved("group_twice_v1")
+    second = next(n for n in workflow["nodes"] if n["id"] == 6)
+    second["widgets_values"] = [*second["widgets_values"], 7]
+    result = make_pipeline().run_sync({"id": "gm", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed", result
+    assert "node 6 (workflow>Inv): 5 saved widget values" in result["error"]
+    assert "has 4 (width, height, batch_size, color)" in result["error"]
+
+
+def test_an_unreadable_group_definition_is_named(make_pipeline) -> None:
+    workflow = saved("group_twice_v1")
+    workflow["extra"]["groupNodes"]["Inv"]["nodes"][0]["inputs"] = 7
+    result = make_pipeline().run_sync({"id": "gd", "input": {"workflow": workflow}})
+    assert result["error_code"] == "invalid_input", result
+    assert "group node 5 (workflow>Inv)" in result["error"]
+    assert "extra.groupNodes" in result["error"]
 
 
 def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:

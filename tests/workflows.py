@@ -40,14 +40,20 @@ def slow(steps: int = 100, delay: float = 0.05) -> dict[str, Any]:
 
 
 def tiny_sd(
-    ckpt: str, seed: int = 1, steps: int = 2, prefix: str = "tiny", size: int = 64
+    ckpt: str,
+    seed: int = 1,
+    steps: int = 2,
+    prefix: str = "tiny",
+    size: int = 64,
+    negative: str = "",
+    cfg: float = 7.0,
 ) -> dict[str, Any]:
     """An SD1.5 checkpoint (the tiny one by default): checkpoint → prompts → KSampler →
     VAEDecode → SaveImage, ``size``×``size`` pixels."""
     return {
         "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
         "5": {
             "class_type": "EmptyLatentImage",
             "inputs": {"width": size, "height": size, "batch_size": 1},
@@ -57,7 +63,7 @@ def tiny_sd(
             "inputs": {
                 "seed": seed,
                 "steps": steps,
-                "cfg": 7.0,
+                "cfg": cfg,
                 "sampler_name": "euler",
                 "scheduler": "normal",
                 "denoise": 1.0,

@@ -3,7 +3,8 @@
 
 Desktop ComfyUI 0.3.75 + comfyui-frontend-package (tests/desktopkit.py) in Debian's chromium.
 Hand-made cases are built in the browser (``app.loadApiJson``, then the LiteGraph API for
-modes, reroutes, notes, primitives, subgraphs) and serialized; templates come from the
+modes, reroutes, notes, primitives, subgraphs; legacy group nodes through the frontend's
+own command and its name dialog) and serialized; templates come from the
 ``comfyui-workflow-templates-json`` package (only those whose nodes are all installed).
 Each case is reloaded with ``app.loadGraphData`` and converted by ``graphToPrompt`` — what
 a person gets on opening the file and queueing it. Output: ``tests/oracle/cases/*.json``
@@ -27,49 +28,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import workflows  # noqa: E402
 from desktopkit import CHROMIUM, CHROMIUM_ARGS, READY, start_desktop  # noqa: E402
 
 CASES = HERE / "cases"
 
 
 def _invert(prefix: str = "inv") -> dict[str, Any]:
-    return {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 1193046},
-        },
-        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
-    }
+    return workflows.invert(color=0x123456, prefix=prefix)
 
 
 def _txt2img() -> dict[str, Any]:
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["4", 1]}},
-        "5": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": 64, "height": 64, "batch_size": 1},
-        },
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": 123456789,
-                "steps": 2,
-                "cfg": 7.5,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "sd", "images": ["8", 0]}},
-    }
+    return workflows.tiny_sd(
+        "tiny.safetensors", seed=123456789, prefix="sd", negative="blurry", cfg=7.5
+    )
 
 
 # JS helpers available to every case's ``mutate`` body (``g`` is app.graph).
@@ -80,6 +52,7 @@ const add = (type, props = {}) => {
 const slot = (n, name) => n.inputs.findIndex((i) => i.name === name);
 const link = (from, out, to, name) => from.connect(out, to, slot(to, name));
 const setw = (n, name, v) => { n.widgets.find((w) => w.name === name).value = v; };
+const grp = (name) => g.nodes.filter((n) => n.type === 'workflow>' + name);
 """
 
 #: name → (API prompt to open, JS that edits ``g`` before it is saved, "0.4" | "1").
@@ -249,19 +222,130 @@ HAND: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
 }
 
-BUILD = (
-    """async ([api, name, mutate, version]) => {
-  await app.loadApiJson(api, name);
+#: name → (API prompt to open, JS before grouping, [(group name, node ids)], JS after,
+#: "0.4" | "1", saved as older frontends saved it). Legacy group nodes (``extra.groupNodes``,
+#: the frontend's "Convert to Group Node (Deprecated)").
+GROUPED: dict[str, tuple[dict[str, Any], str, list[tuple[str, list[int]]], str, str, bool]] = {
+    "group_sampler": (
+        _txt2img(),
+        "",
+        [("Sampler", [5, 3, 8])],
+        "setw(grp('Sampler')[0], 'steps', 5); setw(grp('Sampler')[0], 'seed', 99);",
+        "0.4",
+        False,
+    ),
+    "group_sampler_legacy": (
+        _txt2img(),
+        "",
+        [("Sampler", [5, 3, 8])],
+        "setw(grp('Sampler')[0], 'cfg', 4.5);",
+        "0.4",
+        True,
+    ),
+    "group_advanced_sampler": (
+        HAND["sampler_advanced_noise_seed"][0],
+        "const p = add('PrimitiveNode'); link(p, 0, node(3), 'sampler_name'); "
+        "p.widgets[0].value = 'dpmpp_2m';",
+        [("Advanced", [10, 5, 3, 8])],
+        "setw(grp('Advanced')[0], 'steps', 7); setw(grp('Advanced')[0], 'end_at_step', 500);",
+        "0.4",
+        False,
+    ),
+    "group_twice_v1": (
+        {
+            **_invert("one"),
+            "4": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["2", 0], "filename_prefix": "two"},
+            },
+        },
+        "",
+        [("Inv", [1, 2])],
+        """const b = add('workflow>Inv'); setw(b, 'width', 32); setw(b, 'color', 255);
+        b.connect(0, node(4), 0);""",
+        "1",
+        False,
+    ),
+    "group_primitive_reroute": (
+        _invert("pr"),
+        """const p = add('PrimitiveNode'); link(p, 0, node(1), 'width'); p.widgets[0].value = 16;
+        const r = add('Reroute'); node(1).connect(0, r, 0); r.connect(0, node(2), 0);""",
+        [("PR", [4, 1, 5, 2])],
+        "",
+        "0.4",
+        False,
+    ),
+    "group_muted": (
+        _txt2img(),
+        "",
+        [("Sampler", [5, 3, 8])],
+        "grp('Sampler')[0].mode = 2;",
+        "0.4",
+        False,
+    ),
+    "group_bypassed": (
+        {
+            **_invert("gbp"),
+            "4": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+            "3": {
+                "class_type": "SaveImage",
+                "inputs": {"images": ["4", 0], "filename_prefix": "gbp"},
+            },
+        },
+        "",
+        [("Mid", [2, 4])],
+        "grp('Mid')[0].mode = 4;",
+        "0.4",
+        False,
+    ),
+}
+
+LOAD = "async ([api, name]) => { await app.loadApiJson(api, name); }"
+
+MUTATE = (
+    """async ([mutate, version]) => {
   const g = app.graph;
 """
     + HELPERS
     + """
-  new Function('g', 'LiteGraph', 'node', 'add', 'slot', 'link', 'setw', mutate)(
-    g, LiteGraph, node, add, slot, link, setw);
+  new Function('g', 'LiteGraph', 'node', 'add', 'slot', 'link', 'setw', 'grp', mutate)(
+    g, LiteGraph, node, add, slot, link, setw, grp);
   g.setDirtyCanvas(true, true);
   return JSON.parse(JSON.stringify(version === '1' ? g.asSerialisable() : g.serialize()));
 }"""
 )
+
+SELECT = """(ids) => { app.canvas.deselectAll();
+  for (const id of ids) app.canvas.select(app.graph.getNodeById(id)); }"""
+
+
+def _group(page: Any, name: str, ids: list[int]) -> None:
+    """Ids to one legacy group node, as a person does it: select, the command (Alt+G),
+    a name in its dialog."""
+    page.evaluate(SELECT, ids)
+    page.evaluate(
+        "() => { app.extensionManager.command.execute("
+        "'Comfy.GroupNode.ConvertSelectedNodesToGroupNode'); }"
+    )
+    page.fill(".p-dialog input", name)
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "(n) => app.graph.nodes.some((x) => x.type === 'workflow>' + n)", arg=name
+    )
+
+
+def _legacy(saved: dict[str, Any]) -> dict[str, Any]:
+    """A save as frontends before widget sockets made it: ``workflow/`` group types, and
+    only linked widgets among a node's inputs."""
+    saved = json.loads(json.dumps(saved))
+    inner = [n for d in saved["extra"]["groupNodes"].values() for n in d["nodes"]]
+    for node in saved["nodes"] + inner:
+        node["type"] = node["type"].replace("workflow>", "workflow/")
+        node["inputs"] = [
+            i for i in node.get("inputs", []) if not ("widget" in i and i.get("link") is None)
+        ]
+    return saved
+
 
 CONVERT = """async ([wf, name]) => {
   await app.loadGraphData(structuredClone(wf), true, true, name,
@@ -348,7 +432,18 @@ def main() -> int:
                 for name, (api, mutate, version) in HAND.items():
                     if args.widgets_only or (args.only and name not in args.only):
                         continue
-                    saved = page.evaluate(BUILD, [api, name, mutate, version])
+                    page.evaluate(LOAD, [api, name])
+                    saved = page.evaluate(MUTATE, [mutate, version])
+                    _write(name, saved, page.evaluate(CONVERT, [saved, name]), "hand-made")
+                for name, (api, pre, groups, post, version, legacy) in GROUPED.items():
+                    if args.widgets_only or (args.only and name not in args.only):
+                        continue
+                    page.evaluate(LOAD, [api, name])
+                    page.evaluate(MUTATE, [pre, version])
+                    for group_name, ids in groups:
+                        _group(page, group_name, ids)
+                    saved = page.evaluate(MUTATE, [post, version])
+                    saved = _legacy(saved) if legacy else saved
                     _write(name, saved, page.evaluate(CONVERT, [saved, name]), "hand-made")
                 for name, workflow in templates if not (args.only or args.widgets_only) else []:
                     try:
