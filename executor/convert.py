@@ -10,8 +10,9 @@ worker converts instead of refusing. What the frontend does, and so what this do
   value but never reach the prompt;
 - a linked input (a widget converted to an input too) takes the link; ``PrimitiveNode``
   values are inlined, ``Reroute`` chains and subgraph boundaries are followed;
-- muted nodes (mode 2) are dropped and inputs linked to them removed; bypassed ones
-  (mode 4) hand an input of the same type through;
+- muted nodes (mode 2) are dropped and inputs linked to them removed — a widget input
+  keeps its own value, as frontend 1.49 does (1.32 dropped it too); bypassed ones (mode
+  4) hand an input of the same type through;
 - Note, MarkdownNote, PrimitiveNode and Reroute never reach the prompt;
 - subgraph nodes (``definitions.subgraphs``) are flattened, inner ids named
   ``"outer:inner"``; legacy group nodes (``extra.groupNodes``) too, as
@@ -132,8 +133,8 @@ class _Converter:
         if node_type == "PrimitiveNode":
             values = node.get("widgets_values") or []
             return ("value", values[0]) if values else None
-        if node_type in FRONTEND_ONLY:
-            return None
+        if node_type in FRONTEND_ONLY or node.get("mode") == MUTED:
+            return None  # a muted node gives nothing: a widget keeps its own value
         if node.get("mode") == BYPASS:
             index = _bypass_slot(node, slot, kind)
             return None if index is None else self._through(graph, node, index, kind, hops)

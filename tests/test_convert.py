@@ -247,6 +247,17 @@ def test_an_unreadable_group_definition_is_named(make_pipeline) -> None:
     assert "extra.groupNodes" in result["error"]
 
 
+def test_a_widget_fed_by_a_muted_node_keeps_its_own_value(node_classes, display_names) -> None:
+    """As frontend 1.49 (ComfyUI 0.33's) does; 1.32 dropped the input, which then failed
+    validation as missing."""
+    workflow = saved("converted_widget_linked")
+    next(n for n in workflow["nodes"] if n["id"] == 10)["mode"] = 2  # PrimitiveInt → height
+    empty = next(n for n in workflow["nodes"] if n["type"] == "EmptyImage")
+    prompt = convert(workflow, node_classes, display_names)
+    assert "10" not in prompt
+    assert prompt[str(empty["id"])]["inputs"]["height"] == empty["widgets_values"][1]
+
+
 def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
     result = make_pipeline().run_sync(
         {
