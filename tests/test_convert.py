@@ -258,6 +258,16 @@ def test_a_widget_fed_by_a_muted_node_keeps_its_own_value(node_classes, display_
     assert prompt[str(empty["id"])]["inputs"]["height"] == empty["widgets_values"][1]
 
 
+def test_a_primitive_into_a_subgraph_is_inlined(node_classes, display_names) -> None:
+    """A PrimitiveNode outside a subgraph feeding one of its inputs: 1.32 inlines its value,
+    as here; 1.49 (this save's) sends the inner widget's own value, losing the one shown."""
+    case = json.loads((ORACLE / "frontend-1.49.6" / "primitive_into_subgraph.json").read_text())
+    primitive = next(n for n in case["workflow"]["nodes"] if n["type"] == "PrimitiveNode")
+    assert case["prompt"]["5:1"]["inputs"]["width"] == 1  # what 1.49.6 sent
+    prompt = convert(case["workflow"], node_classes, display_names)
+    assert prompt["5:1"]["inputs"]["width"] == primitive["widgets_values"][0] == 56
+
+
 def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
     result = make_pipeline().run_sync(
         {
