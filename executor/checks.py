@@ -197,15 +197,9 @@ def validation_error(
     problems = []
     detail: dict[str, Any] = {"node_errors": {}}
     for node_id, info in (node_errors or {}).items():
-        class_type = info.get("class_type") or prompt.get(node_id, {}).get("class_type")
-        messages = []
-        for item in info.get("errors", []):
-            text = item.get("message", "")
-            if item.get("details"):
-                text = f"{text}: {item['details']}"
-            messages.append(text)
+        class_type = _class_type(node_id, info, prompt)
         detail["node_errors"][node_id] = {"class_type": class_type, "errors": info.get("errors")}
-        problems.append(f"node {node_id} ({class_type}): {'; '.join(messages)}")
+        problems.append(_node_problem(node_id, info, prompt))
     if not problems:
         message = error.get("message", "invalid workflow")
         if error.get("details"):
@@ -213,3 +207,33 @@ def validation_error(
         problems.append(message)
     detail["error"] = dict(error or {})
     return JobError("validation_failed", _listing(problems, "; "), detail)
+
+
+def skipped_outputs(node_errors: Mapping[str, Any], prompt: Mapping[str, Any]) -> list[str]:
+    """What ComfyUI left out of a run that validated in part: it runs the outputs whose
+    nodes are valid and drops the rest, naming them only in its log. Each line names the
+    node at fault, why, and the outputs that did not run."""
+    lines = []
+    for node_id, info in (node_errors or {}).items():
+        outputs = [
+            f"{output} ({_class_type(output, {}, prompt)})"
+            for output in info.get("dependent_outputs") or [node_id]
+        ]
+        lines.append(
+            f"{_node_problem(node_id, info, prompt)}; not run: output {', '.join(outputs)}"
+        )
+    return lines
+
+
+def _class_type(node_id: str, info: Mapping[str, Any], prompt: Mapping[str, Any]) -> Any:
+    return info.get("class_type") or (prompt.get(node_id) or {}).get("class_type")
+
+
+def _node_problem(node_id: str, info: Mapping[str, Any], prompt: Mapping[str, Any]) -> str:
+    messages = []
+    for item in info.get("errors", []):
+        text = item.get("message", "")
+        if item.get("details"):
+            text = f"{text}: {item['details']}"
+        messages.append(text)
+    return f"node {node_id} ({_class_type(node_id, info, prompt)}): {'; '.join(messages)}"

@@ -5,7 +5,7 @@ Its requests already parse here (``workflow``, ``images``, ``api_key_comfy_org``
 results differ from this project's contract::
 
     {"images": [{"filename": "ComfyUI_00001_.png", "type": "base64" | "s3_url",
-                 "data": "<base64 or URL>"}]}                      success
+                 "data": "<base64 or URL>"}], "errors"?: ["<line>"]}  success
     {"status": "success_no_images", "images": []}                  no image output
     {"error": "<message>", "details": ["<line>", ...]}             failure
 
@@ -50,9 +50,10 @@ def shape_result(result: Mapping[str, Any]) -> dict[str, Any]:
         for entry, info in zip(result["files"], result["file_info"], strict=True)
         if info.get("kind") == "images"
     ]
-    if not images:
-        return {"status": "success_no_images", "images": []}
-    return {"images": images}
+    shaped = {"images": images} if images else {"status": "success_no_images", "images": []}
+    if result.get("warnings"):  # outputs that did not validate: that worker's ``errors``
+        shaped["errors"] = list(result["warnings"])
+    return shaped
 
 
 def _detail_lines(result: Mapping[str, Any]) -> list[str]:

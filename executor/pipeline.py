@@ -183,6 +183,8 @@ class Pipeline:
             timings["deliver_s"] = time.perf_counter() - mark
             result = {"files": delivered["files"], "datas": run.datas}
             result["file_info"] = delivered["file_info"]
+            if run.warnings:
+                result["warnings"] = run.warnings
             return self._finish(job_id, result, timings, started)
         except JobError as exc:
             return self._finish(job_id, exc.to_result(), timings, started)

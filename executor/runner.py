@@ -80,6 +80,8 @@ class RunResult:
     files: list[OutputFile] = field(default_factory=list)
     datas: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: JobError | None = None
+    #: Output nodes ComfyUI left out because they did not validate (the rest ran).
+    warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     #: The process should not take more jobs (e.g. a CUDA error left the device broken).
     unhealthy: bool = False
@@ -372,18 +374,19 @@ class Executor:
         # ``history_result`` still holds the previous run's until then).
         ui_outputs: dict[str, Any] | None = None
         try:
-            error = await self._validate(comfy, prompt_id, prompt)
+            checked = await self._validate(comfy, prompt_id, prompt)
             result.timings["validate_s"] = time.perf_counter() - started
-            if isinstance(error, JobError):
-                result.error = error
+            if isinstance(checked, JobError):
+                result.error = checked
                 return result
+            outputs, result.warnings = checked
             if handle.cancelled or handle.timed_out:
                 result.error = _interrupted(handle, None)
                 return result
             executed_at = time.perf_counter()
             with jobcontext.active(request.context), _preview_method(tracker.previews) as method:
                 await self._prompt_executor.execute_async(
-                    prompt, prompt_id, _extra_data(prompt_id, method, request.context), error
+                    prompt, prompt_id, _extra_data(prompt_id, method, request.context), outputs
                 )
             result.timings["execute_s"] = time.perf_counter() - executed_at
             ui_outputs = self._prompt_executor.history_result.get("outputs", {})
@@ -410,8 +413,9 @@ class Executor:
 
     async def _validate(
         self, comfy: Comfy, prompt_id: str, prompt: dict[str, Any]
-    ) -> JobError | list[str]:
-        """ComfyUI's own validation; returns the output nodes to run, or the error."""
+    ) -> JobError | tuple[list[str], list[str]]:
+        """ComfyUI's own validation: the output nodes to run and a line for each output it
+        dropped as invalid (it runs the rest), or the error when none is valid."""
         known = comfy.nodes.NODE_CLASS_MAPPINGS
         replacer = getattr(comfy.server, "node_replace_manager", None)
         if replacer is not None:  # before the unknown-type check: replaced types are unknown
@@ -428,7 +432,7 @@ class Executor:
         except Exception as exc:  # malformed prompts can trip ComfyUI's validator itself
             return JobError("invalid_input", f"the workflow could not be validated: {exc}")
         if ok:
-            return list(good_outputs)
+            return list(good_outputs), checks.skipped_outputs(node_errors, prompt)
         # ComfyUI reports a cycle as a bare "Prompt outputs failed validation", naming nothing
         # (0.3.75), or as ``dependency_cycle`` node errors (0.33): one message on both.
         cycle = checks.cycle_error(prompt) if checks.only_cycles(node_errors) else None

@@ -376,6 +376,8 @@ class Desktop:
                 record["files"] = await self._save_files(client, record, output or {})
                 if isinstance(output, dict) and output.get("error"):
                     record["error"] = str(output["error"])
+                elif isinstance(output, dict) and output.get("warnings"):
+                    record["error"] = _not_run(output["warnings"])
             except (RunPodError, OSError) as exc:  # paid for: say so rather than drop it
                 record["error"] = f"the job finished but its results could not be saved: {exc}"
             record["progress"] = {"percent": 100}
@@ -570,6 +572,12 @@ def _is_preview(value: Any) -> bool:
         and len(value) <= MAX_PREVIEW
         and re.fullmatch(r"[A-Za-z0-9+/=]*", value[23:]) is not None
     )
+
+
+def _not_run(warnings: Any) -> str:
+    """A completed job's outputs that did not validate (the rest ran), as one line."""
+    lines = [str(w) for w in warnings] if isinstance(warnings, list) else [str(warnings)]
+    return f"not every output ran: {' | '.join(lines)}"[:2000]
 
 
 def _node_errors(output: Any) -> dict[str, Any] | None:

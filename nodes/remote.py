@@ -162,6 +162,9 @@ class RemoteSubmit:
                 await asyncio.gather(*(client.cancel(i) for i in ids), return_exceptions=True)
                 raise
             pictures = [await _decode(client, entry) for final in finals for entry in _files(final)]
+        for job_id, final in zip(ids, finals, strict=True):
+            for line in (final.get("output") or {}).get("warnings") or []:
+                log.warning("RunPod job %s: %s", job_id, line)  # an output that did not run
         datas = {
             job_id: (final.get("output") or {}).get("datas", {})
             for job_id, final in zip(ids, finals, strict=True)

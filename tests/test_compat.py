@@ -98,6 +98,16 @@ def test_no_image_and_failure_have_that_workers_shapes(client: WorkerComfyUIClie
     assert status["status"] == "COMPLETED"
     assert status["output"] == {"status": "success_no_images", "images": []}
 
+    partial = {
+        **workflows.invert(0),
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "lost"}},
+    }
+    status = client.run({"workflow": partial})
+    assert status["status"] == "COMPLETED" and len(status["output"]["images"]) == 1
+    assert status["output"]["errors"] == [
+        "node 4 (SaveImage): Required input is missing: images; not run: output 4 (SaveImage)"
+    ]
+
     broken = workflows.invert(0)
     broken["1"]["inputs"]["width"] = -5
     status = client.run({"workflow": broken})

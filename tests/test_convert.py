@@ -226,6 +226,9 @@ def test_a_muted_group_node_does_not_run(make_pipeline) -> None:
     result = make_pipeline().run_sync({"id": "muted", "input": {"workflow": workflow}})
     assert "error" not in result, result  # ComfyUI runs the outputs that validate
     assert [Path(f).name for f in result["files"]] == ["one_00001_.png"]
+    assert result["warnings"] == [
+        "node 4 (SaveImage): Required input is missing: images; not run: output 4 (SaveImage)"
+    ]
 
 
 def test_a_group_node_saved_with_other_widgets_is_named(make_pipeline) -> None:

@@ -367,6 +367,22 @@ def test_a_failed_job_shows_its_remote_error_in_its_row(browser_page) -> None:
     assert "validation_failed" in error and "not-there.png" in error, error
 
 
+def test_a_partly_valid_graph_lands_what_ran_and_names_what_did_not(browser_page, servers):
+    page, _ = browser_page
+    desktop, _ = servers
+    graph = {
+        **invert_graph("partial"),
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "lost"}},
+    }
+    [job_id] = queue(page, graph, "partly valid")
+    row = row_of(page, job_id)
+    row.locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=30_000)
+    assert wait_file(desktop.output / "runpod" / job_id, "partial_*.png").is_file()
+    error = row.locator(".runpod-error").inner_text()
+    assert error.startswith("not every output ran: node 4 (SaveImage)"), error
+    assert "not run: output 4 (SaveImage)" in error
+
+
 def row_of(page, job_id: str):
     open_panel(page)
     return page.locator(f'.runpod-job[data-id="{job_id}"]')

@@ -178,6 +178,23 @@ def test_local_paths_without_bucket_or_base64(make_pipeline, tmp_path: Path) -> 
     assert result["file_info"][0]["delivered"] == "local"
 
 
+def test_an_output_that_does_not_validate_is_named_while_the_rest_runs(make_pipeline) -> None:
+    """ComfyUI runs the outputs that validate and drops the others, naming them only in
+    its log; the job's result names them too (``warnings``), so no output goes missing
+    unnoticed."""
+    workflow = {
+        **workflows.invert(0, prefix="kept"),
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "lost"}},
+    }
+    result = make_pipeline().run_sync({"id": "partial", "input": {"workflow": workflow}})
+    assert [Path(f).name for f in result["files"]] == ["kept_00001_.png"], result
+    assert result["warnings"] == [
+        "node 4 (SaveImage): Required input is missing: images; not run: output 4 (SaveImage)"
+    ]
+    whole = make_pipeline().run_sync({"id": "whole", "input": {"workflow": workflows.invert()}})
+    assert "warnings" not in whole
+
+
 @pytest.mark.parametrize("form", ["base64", "data-uri", "url"])
 def test_input_image_by_base64_data_uri_and_url(make_pipeline, web: str, form: str) -> None:
     data = png_bytes((1, 2, 3))

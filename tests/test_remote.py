@@ -259,6 +259,19 @@ def test_a_saved_workflow_is_sent_as_it_is_and_converted_remotely(
     assert levels(result) == [255 - 0x2A]
 
 
+def test_a_remote_output_that_did_not_run_is_logged(
+    executor: Executor, remote_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    partial = {
+        **workflows.invert(0x123456),
+        "4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "lost"}},
+    }
+    result = executor.run(desktop(remote_node(partial)), executor.workspace("remote-partial"))
+    assert result.error is None, result.error
+    assert levels(result) == [0xFF - 0x12]
+    assert "not run: output 4 (SaveImage)" in caplog.text
+
+
 def test_sigterm_during_a_job_stops_serve_cleanly(serve_process) -> None:
     """Runs last in this module: it stops the shared server."""
     base, process = serve_process

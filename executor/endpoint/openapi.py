@@ -38,6 +38,11 @@ _RESULT = {
             "additionalProperties": {"type": "object"},
         },
         "file_info": {"type": "array", "items": {"type": "object"}},
+        "warnings": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Output nodes that did not validate and did not run (the rest did).",
+        },
         "timings": {"type": "object"},
     },
     "required": ["files", "datas"],
