@@ -46,6 +46,8 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 #: The states a job can be retried from (a new job with the same graph).
 RETRYABLE = frozenset({"FAILED", "TIMED_OUT", "CANCELLED"})
+#: 404s in a row (2 s apart) after which a job the endpoint no longer knows is failed.
+FORGOTTEN_AFTER = 3
 #: The largest live preview kept (a ≤256 px JPEG is a few KiB as base64).
 MAX_PREVIEW = 256 * 1024
 #: At most this many marked nodes from a remote validation failure.
@@ -319,6 +321,7 @@ class Desktop:
         """Poll one job until it ends; save its files; tell the page at every change."""
         record = self.jobs[job_id]
         delay = 0.1
+        unknown = 0  # status answers in a row saying the endpoint does not know the job
         try:
             while record["status"] not in FINAL:
                 try:
@@ -335,10 +338,17 @@ class Desktop:
                     self._send(job_id)
                     return
                 except RunPodError as exc:  # the network or the API hiccuped: keep trying
+                    unknown = unknown + 1 if exc.http_status == 404 else 0
+                    if unknown >= FORGOTTEN_AFTER:
+                        record["status"], record["error"] = "FAILED", _forgotten(job_id)
+                        self._finish(record)
+                        self._send(job_id)
+                        return
                     record["error"] = f"cannot read the job's status, retrying: {exc}"
                     self._send(job_id)
-                    await asyncio.sleep(5)
+                    await asyncio.sleep(2 if unknown else 5)
                     continue
+                unknown = 0
                 if await self._apply(client, record, status):
                     self._send(job_id)
                 if record["status"] not in FINAL:
@@ -571,6 +581,14 @@ def _is_preview(value: Any) -> bool:
         and value.startswith("data:image/jpeg;base64,")
         and len(value) <= MAX_PREVIEW
         and re.fullmatch(r"[A-Za-z0-9+/=]*", value[23:]) is not None
+    )
+
+
+def _forgotten(job_id: str) -> str:
+    return (
+        f"the endpoint no longer knows job {job_id}: RunPod keeps a job's status for a while "
+        "after it ends (30 minutes for /run), and a local endpoint forgets its jobs when it "
+        "restarts; Retry runs it again"
     )
 
 

@@ -24,9 +24,13 @@ StatusCallback = Callable[[dict[str, Any]], None]
 class RunPodError(RuntimeError):
     """The API refused a request, or a job ended in a state other than COMPLETED."""
 
-    def __init__(self, message: str, status: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, status: dict[str, Any] | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status or {}
+        #: The HTTP status the API answered with, when it answered with an error.
+        self.http_status = http_status
 
 
 class RunPodAuthError(RunPodError):
@@ -134,7 +138,10 @@ class RunPodClient:
                         self.url,
                     )
                 if response.status >= 400:
-                    raise RunPodError(f"{url}: HTTP {response.status}: {text[:300]}")
+                    raise RunPodError(
+                        f"{url}: HTTP {response.status}: {text[:300]}",
+                        http_status=response.status,
+                    )
                 try:
                     answer = await response.json(content_type=None)
                 except ValueError:

@@ -65,11 +65,13 @@ class Process:
                 self.process.wait()
 
 
-def start_serve(folder: Path, api_key: str, checkpoints: Path | None = None) -> Process:
+def start_serve(
+    folder: Path, api_key: str, checkpoints: Path | None = None, port: int | None = None
+) -> Process:
     """``comfyui-runpod serve`` on a free port with the tests' node pack (slow and failing
     nodes) and ``checkpoints`` as a checkpoint folder; the key from env (flags show in
-    ``ps``)."""
-    port = free_port()
+    ``ps``). Started again on the same ``folder`` and ``port``: the endpoint restarted."""
+    port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
     command += ["--out", str(folder / "out"), "--work-dir", str(folder / "work")]
@@ -80,7 +82,7 @@ def start_serve(folder: Path, api_key: str, checkpoints: Path | None = None) -> 
         command += ["--extra-model-paths", str(models)]
     env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": api_key}
     log = folder / "serve.log"
-    with log.open("w") as handle:
+    with log.open("a") as handle:  # a restart's log follows the first run's
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     return Process(process, log, f"http://127.0.0.1:{port}/v2")
 

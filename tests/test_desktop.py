@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 import types
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -499,6 +500,34 @@ def test_a_restarted_desktop_resumes_the_job(browser_page, servers) -> None:
     page.reload()
     page.wait_for_function(READY, timeout=60_000)
     row_of(page, ids[0]).locator(".runpod-status", has_text="COMPLETED").wait_for()
+
+
+def test_a_job_the_restarted_endpoint_forgot_fails_and_retries(browser_page, servers) -> None:
+    """The endpoint restarts mid-job (a local ``serve`` forgets its jobs; RunPod drops
+    old ones): the row says so instead of retrying forever, and Retry runs it again."""
+    page, _ = browser_page
+    desktop, serve = servers
+    ids = queue(page, workflows.slow(steps=200, delay=0.05), "forgotten")
+    row = row_of(page, ids[0])
+    row.locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
+    serve.stop()
+    port = urllib.parse.urlsplit(serve.url).port
+    again = start_serve(serve.log.parent, API_KEY, checkpoints=cache_folder(), port=port)
+    serve.process = again.process  # the fixture stops the one that runs
+    probe = urllib.request.Request(
+        f"{serve.url}/local/health", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    serve.wait_ready(probe, time.monotonic() + 120)
+    row.locator(".runpod-status", has_text="FAILED").wait_for(timeout=60_000)
+    error = row.locator(".runpod-error").inner_text()
+    assert f"the endpoint no longer knows job {ids[0]}" in error and "Retry" in error
+
+    before = set(page.evaluate(JOB_IDS))
+    row.locator(".runpod-retry").click()
+    page.wait_for_function(f"async () => ({JOB_IDS})().then(ids => ids.length > {len(before)})")
+    [retried] = [i for i in page.evaluate(JOB_IDS) if i not in before]
+    row_of(page, retried).locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=90_000)
+    assert wait_file(desktop.output / "runpod" / retried, "slow_*.png")
 
 
 def test_the_api_key_never_reaches_the_page_or_the_logs(browser_page, servers) -> None:
