@@ -507,7 +507,8 @@ def test_a_job_the_restarted_endpoint_forgot_fails_and_retries(browser_page, ser
     old ones): the row says so instead of retrying forever, and Retry runs it again."""
     page, _ = browser_page
     desktop, serve = servers
-    ids = queue(page, workflows.slow(steps=200, delay=0.05), "forgotten")
+    # not the graph of the test before: ComfyUI would answer from its cache at once
+    ids = queue(page, workflows.slow(steps=240, delay=0.05), "forgotten")
     row = row_of(page, ids[0])
     row.locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
     serve.stop()
