@@ -139,7 +139,7 @@ class _Converter:
             index = _bypass_slot(node, slot, kind)
             return None if index is None else self._through(graph, node, index, kind, hops)
         definition = self.subgraphs.get(node_type)
-        if definition is not None and node.get("mode") != MUTED:
+        if definition is not None:
             inner = next((g for g in self.graphs if g.parent is graph and g.instance is node), None)
             outputs = definition.get("outputs") or []
             if inner is None or not 0 <= slot < len(outputs):
