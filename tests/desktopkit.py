@@ -13,6 +13,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # Another frontend for the desktop (a by-hand check against newer ones, not CI): the
@@ -151,3 +152,34 @@ def start_desktop(
 
 READY = """() => !!(window.app && app.graph && app.canvas && app.extensionManager?.command
   && window.LiteGraph && Object.keys(LiteGraph.registered_node_types).length > 100)"""
+
+
+def require_chromium() -> None:
+    """Skip a browser test where Debian's chromium is missing; under CI (whose set-up
+    installs it) fail instead, so a broken set-up cannot pass as skips."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"{CHROMIUM} is missing: `make setup` installs it (apt-get install chromium)"
+            )
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's chromium, headless (playwright cannot download its own browsers here)."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+def open_frontend(browser: Any, url: str, timeout_ms: int = 60_000, before_load: Any = None) -> Any:
+    """A page of the desktop frontend at ``url`` as a person has it (the "Nodes 2.0"
+    banner dismissed once), loaded until the app is ready. ``before_load(page)`` runs
+    before it loads (listeners that must see every response)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+    if before_load is not None:
+        before_load(page)
+    page.goto(url)
+    page.wait_for_function(READY, timeout=timeout_ms)
+    return page

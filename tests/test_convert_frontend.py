@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from comfyui_runpod.executor.convert import DisplayNames, convert
 from comfyui_runpod.executor.errors import JobError
-from desktopkit import CHROMIUM, CHROMIUM_ARGS, READY, start_desktop
+from desktopkit import launch_chromium, open_frontend, require_chromium, start_desktop
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -51,10 +51,7 @@ TEXT = st.text(string.ascii_letters + string.digits + "_- ", min_size=1, max_siz
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The desktop frontend in chromium, ready for graphs (no RunPod endpoint needed)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: `make setup` installs it")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    require_chromium()
     from comfyui_runpod.executor import find_comfyui
 
     desktop = start_desktop(find_comfyui().path, tmp_path_factory.mktemp("frontend"), {})
@@ -62,14 +59,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         probe = urllib.request.Request(f"{desktop.url}/object_info")
         desktop.wait_ready(probe, time.monotonic() + 180)
         with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-            )
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
-            page.goto(desktop.url)
-            page.wait_for_function(READY, timeout=90_000)
-            yield page
+            browser = launch_chromium(playwright)
+            yield open_frontend(browser, desktop.url, timeout_ms=90_000)
             browser.close()
     finally:
         desktop.stop()

@@ -35,12 +35,13 @@ from comfyui_runpod.executor.boot import HeadlessServer
 from comfyui_runpod.nodes import desktop as desktop_module
 from comfyui_runpod.nodes.pngtext import read_text, with_text
 from desktopkit import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     READY,
     REPO,
     Desktop,
     Process,
+    launch_chromium,
+    open_frontend,
+    require_chromium,
     start_desktop,
     start_serve,
 )
@@ -148,12 +149,7 @@ DESKTOP_ENV = {"COMFYUI_RUNPOD_ENDPOINT_ID": "local"}
 def servers(
     tmp_path_factory: pytest.TempPathFactory, checkpoint: str
 ) -> Iterator[tuple[Desktop, Process]]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"{CHROMIUM} is missing: `make setup` installs it (apt-get install chromium)"
-            )
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+    require_chromium()
     folder = tmp_path_factory.mktemp("desktop")
     # both boot at once: ~10 s, not ~20
     serve = start_serve(folder / "serve", API_KEY, checkpoints=cache_folder())
@@ -200,17 +196,14 @@ def browser_page(servers: tuple[Desktop, Process]):
     sync_api = pytest.importorskip("playwright.sync_api")
     desktop, _ = servers
     recorder = Recorder()
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        # The frontend's "Nodes 2.0" banner, dismissed as a person does once.
-        page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+
+    def record(page) -> None:
         page.on("response", lambda response: recorder.responses.append(response))
         page.on("websocket", recorder.on_websocket)
-        page.goto(desktop.url)
-        page.wait_for_function(READY, timeout=60_000)
+
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = open_frontend(browser, desktop.url, before_load=record)
         yield page, recorder
         browser.close()
 

@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import workflows  # noqa: E402
-from desktopkit import CHROMIUM, CHROMIUM_ARGS, READY, start_desktop  # noqa: E402
+from desktopkit import launch_chromium, open_frontend, start_desktop  # noqa: E402
 
 CASES = HERE / "cases"
 
@@ -421,12 +421,8 @@ def main() -> int:
             deadline = time.monotonic() + 150
             desktop.wait_ready(urllib.request.Request(f"{desktop.url}/object_info"), deadline)
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-                )
-                page = browser.new_page(viewport={"width": 1280, "height": 800})
-                page.goto(desktop.url)
-                page.wait_for_function(READY, timeout=60_000)
+                browser = launch_chromium(playwright)
+                page = open_frontend(browser, desktop.url)
                 widgets = page.evaluate(WIDGETS)
                 (HERE / "widgets.json").write_text(json.dumps(widgets, indent=0) + "\n")
                 for name, (api, mutate, version) in HAND.items():
