@@ -170,14 +170,6 @@ class Desktop:
         them; their ids."""
         client = self._client(require=True)
         remote_prompt, images = await asyncio.to_thread(collect_inputs, prompt, _input_dir())
-        size = sum(len(i["image"]) for i in images)
-        if size > RUN_LIMIT:
-            raise ApiProblem(
-                400,
-                "too_large",
-                f"the graph's input files are {size / 2**20:.1f} MiB as base64, over RunPod's "
-                "10 MiB request limit; use smaller inputs",
-            )
         # previews: the row shows the sampler's latest latent preview while the job runs.
         job_input: dict[str, Any] = {"tobase64": True, "previews": True}
         if images:
@@ -266,10 +258,17 @@ class Desktop:
             updates["runpod_base_url"] = value
         if "apiKey" in body:  # write-only: stored here, answered only as "set" / "not set"
             updates["runpod_api_key"] = str(body["apiKey"] or "").strip()
+        dropped = None
         if updates:
-            await asyncio.to_thread(userconfig.save, updates)
+            dropped = await asyncio.to_thread(userconfig.save_endpoint, updates)
             log.info("RunPod settings updated: %s", ", ".join(sorted(updates)))
-        return web.json_response(_settings_view())
+        view = _settings_view()
+        if dropped:
+            view["notice"] = (
+                f"The saved API key was for {dropped} and is removed: enter the API key for "
+                f"{view['apiKeyFor']} in {SETTINGS_HINT} → API key."
+            )
+        return web.json_response(view)
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -296,12 +295,14 @@ class Desktop:
                 f"No RunPod API key: set it in {SETTINGS_HINT} → API key (or RUNPOD_API_KEY, "
                 f"or runpod_api_key in user/{userconfig.FILE_NAME}).",
             )
+        if require and not config.key_fits:
+            raise ApiProblem(400, "no_api_key", _key_elsewhere(config))
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         client = RunPodClient(
             config.endpoint_id,
-            config.api_key,
-            config.base_url or DEFAULT_BASE_URL,
+            config.api_key if config.key_fits else None,
+            config.url,
             session=self._session,
         )
         if endpoint is not None and client.url != endpoint:
@@ -492,6 +493,8 @@ def collect_inputs(
     Any string input that names an existing file under ``input_dir`` counts (LoadImage,
     LoadImageMask, LoadAudio, ...), with subfolders and a trailing `` [input]``; nothing
     outside ``input_dir`` is ever read (``..``, absolute paths and symlinks out are refused).
+    Together they must fit RunPod's request as base64 (:data:`RUN_LIMIT`): a file that
+    would not is refused from its size, before it is read (``too_large``).
     """
     root = input_dir.resolve()
     result = copy.deepcopy(prompt)
@@ -509,10 +512,28 @@ def collect_inputs(
             if path not in sent:
                 flat = value.strip().removesuffix(" [input]").replace("\\", "/").replace("/", "_")
                 sent[path] = _local_name(flat, taken)
-                data = base64.b64encode(path.read_bytes()).decode("ascii")
-                images.append({"name": sent[path], "image": data})
+                used = sum(len(i["image"]) for i in images)
+                data = _read_input(path, value.strip(), (RUN_LIMIT - used) // 4 * 3)
+                images.append({"name": sent[path], "image": base64.b64encode(data).decode()})
             inputs[key] = sent[path]
     return result, images
+
+
+def _read_input(path: Path, name: str, room: int) -> bytes:
+    """``path`` whole if it fits in ``room`` bytes; its size is checked first and the read
+    stops past ``room`` (a file may grow meanwhile), so a huge file is never loaded."""
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(room + 1) if size <= room else b""
+    if size > room or len(data) > room:
+        raise ApiProblem(
+            400,
+            "too_large",
+            f"the input file {name} is {max(size, len(data)) / 2**20:.1f} MiB; the graph's "
+            f"input files go to RunPod as base64 inside its {RUN_LIMIT // 2**20} MiB request "
+            f"limit ({room / 2**20:.1f} MiB left for this one): use smaller inputs",
+        )
+    return data
 
 
 def _input_file(root: Path, value: Any) -> Path | None:
@@ -635,6 +656,21 @@ def _node_errors(output: Any) -> dict[str, Any] | None:
     return marks or None
 
 
+def _key_elsewhere(config: userconfig.EndpointConfig) -> str:
+    """Why a key that is set is not sent: it was entered for another origin."""
+    here = userconfig.origin(config.url)
+    if config.api_key_source == "env":
+        return (
+            f"RUNPOD_API_KEY is for {config.api_key_origin}, not {here} (the base URL in "
+            f"{SETTINGS_HINT}): set RUNPOD_ENDPOINT_BASE_URL to that base URL too, or unset "
+            "RUNPOD_API_KEY and enter the key for it in the settings."
+        )
+    return (
+        f"The saved RunPod API key is for {config.api_key_origin}, not {here}: enter the API "
+        f"key for {here} in {SETTINGS_HINT} → API key."
+    )
+
+
 def _settings_view() -> dict[str, Any]:
     config = userconfig.desktop_endpoint()
     return {
@@ -643,8 +679,11 @@ def _settings_view() -> dict[str, Any]:
         "baseUrl": config.base_url or "",
         "baseUrlSource": config.base_url_source,
         "defaultBaseUrl": DEFAULT_BASE_URL,
-        "apiKeySet": bool(config.api_key),
+        "apiKeySet": config.key_fits,
         "apiKeySource": config.api_key_source,
+        # the origin the key goes to: a base URL elsewhere needs the key entered again
+        "apiKeyFor": userconfig.origin(config.url),
+        "apiKeyProblem": None if config.key_fits or not config.api_key else _key_elsewhere(config),
         "configFile": f"user/{userconfig.FILE_NAME}",
     }
 

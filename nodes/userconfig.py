@@ -6,11 +6,14 @@ File format::
 
     {"bucket": {"endpointUrl": "...", "accessId": "...", "accessSecret": "...",
                 "bucketName": "..."},
-     "runpod_api_key": "...",
+     "runpod_api_key": "...", "runpod_api_key_origin": "https://api.runpod.ai:443",
      "runpod_endpoint_id": "...", "runpod_base_url": "..."}
 
-The desktop "Queue on RunPod" settings dialog writes the last three through the pack's
-routes (:func:`save`); the API key never goes back to the browser.
+The desktop "Queue on RunPod" settings dialog writes the ``runpod_*`` keys through the
+pack's routes (:func:`save_endpoint`); the API key never goes back to the browser. The key
+is bound to the origin (scheme, host, port) it was entered for: a base URL on another
+origin needs the key entered again, so that whoever can change the base URL cannot have
+the key sent to their own host.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from .runpod_api import DEFAULT_BASE_URL
 from .storage import BucketConfig
 
 log = logging.getLogger(__name__)
@@ -64,10 +69,26 @@ def runpod_api_key() -> str | None:
     return os.environ.get("RUNPOD_API_KEY") or load().get("runpod_api_key") or None
 
 
+KEY_ORIGIN = "runpod_api_key_origin"
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``, the port spelled out (``https://h`` is
+    ``https://h:443``): what a key is bound to. A malformed URL is an origin of its own."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower(), 0)
+    except ValueError:
+        return url.strip()
+    return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}"
+
+
 @dataclass(frozen=True)
 class EndpointConfig:
     """Where desktop jobs go. ``*_source``: ``"env"``, ``"file"`` or None (unset), so the
-    settings dialog can say where a value comes from (and that env wins)."""
+    settings dialog can say where a value comes from (and that env wins).
+    ``api_key_origin``: the origin the key was entered for (an env key: the env base
+    URL's, else RunPod's; a file key saved before keys were bound: the base URL's)."""
 
     endpoint_id: str | None
     base_url: str | None
@@ -75,6 +96,16 @@ class EndpointConfig:
     endpoint_source: str | None
     base_url_source: str | None
     api_key_source: str | None
+    api_key_origin: str | None = None
+
+    @property
+    def url(self) -> str:
+        return self.base_url or DEFAULT_BASE_URL
+
+    @property
+    def key_fits(self) -> bool:
+        """Whether the key may go to :attr:`url` (it was entered for that origin)."""
+        return bool(self.api_key) and self.api_key_origin == origin(self.url)
 
 
 def _pick(env_name: str, file_value: Any) -> tuple[str | None, str | None]:
@@ -92,7 +123,39 @@ def desktop_endpoint() -> EndpointConfig:
     endpoint, endpoint_source = _pick("COMFYUI_RUNPOD_ENDPOINT_ID", data.get("runpod_endpoint_id"))
     base, base_source = _pick("RUNPOD_ENDPOINT_BASE_URL", data.get("runpod_base_url"))
     key, key_source = _pick("RUNPOD_API_KEY", data.get("runpod_api_key"))
-    return EndpointConfig(endpoint, base, key, endpoint_source, base_source, key_source)
+    if key_source == "env":
+        bound = origin(os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or DEFAULT_BASE_URL)
+    elif key_source == "file":
+        stored = data.get(KEY_ORIGIN)
+        bound = stored if isinstance(stored, str) and stored else origin(base or DEFAULT_BASE_URL)
+    else:
+        bound = None
+    return EndpointConfig(
+        endpoint, base, key, endpoint_source, base_source, key_source, api_key_origin=bound
+    )
+
+
+def save_endpoint(updates: dict[str, str | None]) -> str | None:
+    """:func:`save` the dialog's ``runpod_*`` updates, keeping the file's API key bound to
+    its origin: a key in ``updates`` is bound to the base URL in force afterwards; a base
+    URL on another origin drops the stored key. Returns the origin whose key was dropped,
+    None when none was."""
+    before = desktop_endpoint()
+    updates = dict(updates)
+    if "runpod_base_url" in updates and not os.environ.get("RUNPOD_ENDPOINT_BASE_URL"):
+        after = origin(str(updates["runpod_base_url"] or "").strip() or DEFAULT_BASE_URL)
+    else:
+        after = origin(before.url)
+    dropped = None
+    if str(updates.get("runpod_api_key") or "").strip():
+        updates[KEY_ORIGIN] = after
+    elif "runpod_api_key" in updates:
+        updates[KEY_ORIGIN] = None
+    elif before.api_key_source == "file" and before.api_key_origin != after:
+        dropped = before.api_key_origin
+        updates["runpod_api_key"] = updates[KEY_ORIGIN] = None
+    save(updates)
+    return dropped
 
 
 def save(updates: dict[str, str | None]) -> Path:

@@ -21,12 +21,15 @@ import json
 import os
 import shutil
 import sys
+import threading
 import time
 import types
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import workflows
@@ -45,6 +48,7 @@ from desktopkit import (
     start_desktop,
     start_serve,
 )
+from httpkit import http
 from PIL import Image
 from tinymodel import CACHE_FILE, cache_folder
 
@@ -129,6 +133,213 @@ def test_png_text_keeps_pixels() -> None:
     with Image.open(io.BytesIO(tagged)) as image:
         assert image.getpixel((2, 1)) == (1, 2, 3)
         assert image.text == {"prompt": '{"a": 1}', "workflow": "{}"}
+
+
+# -- over HTTP, without a browser: a desktop whose base URL comes from its settings ---------
+
+
+class FakeEndpoint:
+    """A loopback host answering as RunPod does (``/run`` an id, ``/status`` COMPLETED);
+    it records each request's path, ``Authorization`` header and body."""
+
+    def __init__(self) -> None:
+        seen = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def answer(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                seen.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+                self.answer({"id": f"job-{len(seen)}", "status": "IN_QUEUE"})
+
+            def do_GET(self) -> None:
+                seen.append((self.path, self.headers.get("Authorization"), None))
+                self.answer({"id": self.path.rsplit("/", 1)[-1], "status": "COMPLETED"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def runs(self) -> list[tuple[str, str | None, dict]]:
+        return [r for r in self.requests if r[2] is not None]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def bare_desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
+    """A desktop ComfyUI with only the endpoint id in env: base URL and key from its
+    settings routes, as a person sets them in the dialog."""
+    folder = tmp_path_factory.mktemp("bare-desktop")
+    desktop = start_desktop(find_comfyui().path, folder, {"COMFYUI_RUNPOD_ENDPOINT_ID": "local"})
+    try:
+        desktop.wait_ready(
+            urllib.request.Request(f"{desktop.url}/runpod/settings"), time.monotonic() + 150
+        )
+        yield desktop
+    finally:
+        desktop.stop()
+
+
+@pytest.fixture
+def endpoints() -> Iterator[tuple[FakeEndpoint, FakeEndpoint]]:
+    """(home, foreign): where the key was entered for, and another host (another port)."""
+    home, foreign = FakeEndpoint(), FakeEndpoint()
+    yield home, foreign
+    home.stop()
+    foreign.stop()
+
+
+def settings(desktop: Desktop, **body: str) -> dict:
+    status, answer = http("POST", f"{desktop.url}/runpod/settings", body)
+    assert status == 200, answer
+    return answer
+
+
+def queue_http(desktop: Desktop, prompt: dict) -> tuple[int, dict]:
+    return http("POST", f"{desktop.url}/runpod/queue", {"prompt": prompt, "count": 1})
+
+
+def load_image_graph(name: str) -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+
+
+def test_a_base_url_on_another_origin_needs_the_key_again(bare_desktop, endpoints) -> None:
+    """The key is bound to the origin it was entered for: a path change keeps it, another
+    host drops it (the answer says so), and the other host never sees the key or the
+    input files."""
+    desktop, (home, foreign) = bare_desktop, endpoints
+    Image.new("RGB", (4, 4), (9, 9, 9)).save(desktop.input / "mine.png")
+    graph = load_image_graph("mine.png")
+    assert settings(desktop, baseUrl=f"{home.origin}/v2", apiKey=API_KEY)["apiKeySet"]
+    assert queue_http(desktop, graph)[0] == 200
+    [(path, auth, body)] = home.runs()
+    assert (path, auth) == ("/v2/local/run", f"Bearer {API_KEY}")
+    assert body["input"]["images"][0]["name"] == "mine.png"
+
+    moved = settings(desktop, baseUrl=f"{home.origin}/other/v2")  # same origin: kept
+    assert moved["apiKeySet"] is True and "notice" not in moved
+    assert queue_http(desktop, graph)[0] == 200
+    assert home.runs()[-1][:2] == ("/other/v2/local/run", f"Bearer {API_KEY}")
+
+    away = settings(desktop, baseUrl=f"{foreign.origin}/v2")
+    status, refused = queue_http(desktop, graph)
+    assert foreign.requests == []
+    assert (status, refused["code"]) == (400, "no_api_key")
+    assert refused["error"].startswith("No RunPod API key: set it in Settings (gear) → RunPod")
+    assert away["apiKeySet"] is False and away["apiKeyFor"] == foreign.origin
+    assert away["notice"] == (
+        f"The saved API key was for {home.origin} and is removed: enter the API key for "
+        f"{foreign.origin} in Settings (gear) → RunPod → API key."
+    )
+    stored = json.loads((desktop.user / "comfyui-runpod.json").read_text())
+    assert "runpod_api_key" not in stored and API_KEY not in json.dumps(stored)
+
+    entered = settings(desktop, apiKey=WRONG_KEY)  # the key for the new host, entered
+    assert entered["apiKeySet"] is True and entered["apiKeyFor"] == foreign.origin
+    assert queue_http(desktop, graph)[0] == 200
+    assert foreign.runs()[-1][:2] == ("/v2/local/run", f"Bearer {WRONG_KEY}")
+
+
+def test_a_key_saved_for_another_origin_is_never_sent(bare_desktop, endpoints) -> None:
+    """A config file whose base URL was changed by hand: the key stays bound to where it
+    was entered, and queueing asks for the key of the new host instead of sending it."""
+    desktop, (home, foreign) = bare_desktop, endpoints
+    (desktop.user / "comfyui-runpod.json").write_text(
+        json.dumps(
+            {
+                "runpod_base_url": f"{foreign.origin}/v2",
+                "runpod_api_key": API_KEY,
+                "runpod_api_key_origin": home.origin,
+            }
+        )
+    )
+    status, refused = queue_http(desktop, invert_graph("elsewhere"))
+    assert foreign.requests == [] and home.requests == []
+    problem = (
+        f"The saved RunPod API key is for {home.origin}, not {foreign.origin}: enter the API "
+        f"key for {foreign.origin} in Settings (gear) → RunPod → API key."
+    )
+    assert (status, refused) == (400, {"error": problem, "code": "no_api_key"})
+    status, view = http("GET", f"{desktop.url}/runpod/settings")
+    assert view["apiKeySet"] is False and view["apiKeyProblem"] == problem
+
+
+def test_a_huge_input_file_is_refused_from_its_size(bare_desktop, endpoints) -> None:
+    """A 2 GiB (sparse) file in the input folder: refused at once by its size, never read
+    (the desktop's peak memory does not move), and the message names file and limit."""
+    desktop, (home, _) = bare_desktop, endpoints
+    settings(desktop, baseUrl=f"{home.origin}/v2", apiKey=API_KEY)
+    with (desktop.input / "huge.png").open("wb") as handle:
+        handle.truncate(2 * 1024**3)
+    peak_before = _peak_rss(desktop)
+    began = time.perf_counter()
+    status, refused = queue_http(desktop, load_image_graph("huge.png"))
+    assert time.perf_counter() - began < 5
+    assert (status, refused["code"]) == (400, "too_large")
+    assert refused["error"] == (
+        "the input file huge.png is 2048.0 MiB; the graph's input files go to RunPod as "
+        "base64 inside its 10 MiB request limit (7.5 MiB left for this one): use smaller inputs"
+    )
+    assert _peak_rss(desktop) - peak_before < 64 * 1024**2
+    assert home.runs() == []
+
+
+def test_the_dialog_says_a_new_host_needs_the_key(bare_desktop, endpoints) -> None:
+    """In the settings dialog: a Base URL on another host warns that the key was removed
+    and the API key field asks for the new host's key."""
+    require_chromium()
+    sync_api = pytest.importorskip("playwright.sync_api")
+    desktop, (home, foreign) = bare_desktop, endpoints
+    settings(desktop, baseUrl=f"{home.origin}/v2", apiKey=API_KEY)
+    with sync_api.sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        page = open_frontend(browser, desktop.url)
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.ShowSettingsDialog')")
+        dialog = page.get_by_role("dialog")
+        category = dialog.get_by_role("option", name="RunPod", exact=True).or_(
+            dialog.get_by_role("button", name="RunPod", exact=True)
+        )
+        category.first.click()
+        key = page.locator("input.runpod-setting[data-field=apiKey]")
+        page.wait_for_function(
+            "(f) => f.placeholder.includes('set (file)')", arg=key.element_handle()
+        )
+        base = page.locator("input.runpod-setting[data-field=baseUrl]")
+        base.fill(f"{foreign.origin}/v2")
+        base.press("Enter")
+        base.blur()
+        notice = toast_text(page, "is removed")
+        assert f"The saved API key was for {home.origin} and is removed" in notice
+        page.wait_for_function(
+            "([f, want]) => f.placeholder === want",
+            arg=[key.element_handle(), f"not set for {foreign.origin}"],
+        )
+        browser.close()
+    assert foreign.requests == []
+
+
+def _peak_rss(process: Process) -> int:
+    """The process's peak resident memory so far (``VmHWM``), in bytes."""
+    status = Path(f"/proc/{process.process.pid}/status").read_text()
+    [kib] = [line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(kib) * 1024
 
 
 # -- in a real browser ----------------------------------------------------------------------
@@ -227,6 +438,18 @@ def queue(page, graph: dict, name: str) -> list[str]:
     before = set(page.evaluate(JOB_IDS))
     page.evaluate("async () => await app.extensionManager.command.execute('RunPod.Queue')")
     return [i for i in page.evaluate(JOB_IDS) if i not in before]
+
+
+def new_job(page, before: set[str], timeout: float = 30) -> str:
+    """The one job the page's list holds beyond ``before``, waited for and returned by the
+    same read. Polled from here: ``wait_for_function`` takes an async predicate's Promise
+    as a truthy answer at once, so it never waited for the list to change."""
+    deadline = time.monotonic() + timeout
+    while not (fresh := [i for i in page.evaluate(JOB_IDS) if i not in before]):
+        assert time.monotonic() < deadline, f"no new job after {sorted(before)}"
+        time.sleep(0.1)
+    [job_id] = fresh
+    return job_id
 
 
 def open_panel(page) -> None:
@@ -459,8 +682,7 @@ def test_cancel_a_slow_job_then_retry_it_and_reload_mid_job(browser_page, server
 
     before = set(page.evaluate(JOB_IDS))
     row.locator(".runpod-retry").click()  # the same graph, as a new job
-    page.wait_for_function(f"async () => ({JOB_IDS})().then(ids => ids.length > {len(before)})")
-    [retried] = [i for i in page.evaluate(JOB_IDS) if i not in before]
+    retried = new_job(page, before)
     new_row = row_of(page, retried)
     new_row.locator(".runpod-status", has_text="IN_PROGRESS").wait_for(timeout=30_000)
 
@@ -518,8 +740,7 @@ def test_a_job_the_restarted_endpoint_forgot_fails_and_retries(browser_page, ser
 
     before = set(page.evaluate(JOB_IDS))
     row.locator(".runpod-retry").click()
-    page.wait_for_function(f"async () => ({JOB_IDS})().then(ids => ids.length > {len(before)})")
-    [retried] = [i for i in page.evaluate(JOB_IDS) if i not in before]
+    retried = new_job(page, before)
     row_of(page, retried).locator(".runpod-status", has_text="COMPLETED").wait_for(timeout=90_000)
     assert wait_file(desktop.output / "runpod" / retried, "slow_*.png")
 

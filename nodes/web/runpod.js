@@ -116,19 +116,26 @@ function settingInput(field, { secret = false } = {}) {
       input.disabled = source === "env";
       input.title = source === "env" ? "set by an environment variable" : "";
       if (secret) {
+        // A key entered for another host is not sent: the field asks for this host's.
         input.value = "";
-        input.placeholder = s.apiKeySet ? `•••••••• set (${s.apiKeySource})` : "not set";
+        input.placeholder = s.apiKeySet ? `•••••••• set (${s.apiKeySource})`
+          : `not set for ${s.apiKeyFor}`;
+        input.title = s.apiKeyProblem || input.title;
       } else {
         input.value = s[field] || "";
         input.placeholder = field === "baseUrl" ? s.defaultBaseUrl : "";
       }
     };
+    input.runpodShow = show; // a save re-renders every field: a new base URL drops the key
     settings().then(show).catch(() => {});
     input.addEventListener("change", async () => {
       try {
         settingsCache = await call("/runpod/settings", { [field]: input.value });
-        show(settingsCache);
-        toast("success", "RunPod", secret ? "API key saved on the ComfyUI server" : "Saved");
+        for (const other of document.querySelectorAll("input.runpod-setting")) {
+          other.runpodShow?.(settingsCache);
+        }
+        if (settingsCache.notice) toast("warn", "RunPod", settingsCache.notice);
+        else toast("success", "RunPod", secret ? "API key saved on the ComfyUI server" : "Saved");
       } catch (error) {
         toast("error", "RunPod settings", error.message);
       }
