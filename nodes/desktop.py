@@ -41,8 +41,8 @@ MAX_JOBS = 200
 MAX_COUNT = 16
 #: RunPod's ``/run`` body limit; input files go inside it as base64.
 RUN_LIMIT = 10 * 1024 * 1024
-_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 #: The states a job can be retried from (a new job with the same graph).
 RETRYABLE = frozenset({"FAILED", "TIMED_OUT", "CANCELLED"})
@@ -187,7 +187,7 @@ class Desktop:
             raise ApiProblem(502, "remote", str(exc)) from None
         now = time.time()
         for i, job_id in enumerate(ids):
-            if not _JOB_ID.match(job_id):
+            if not _JOB_ID.fullmatch(job_id):
                 raise ApiProblem(502, "remote", f"{client.url} returned an odd job id {job_id!r}")
             self.jobs[job_id] = {
                 "id": job_id,
@@ -248,7 +248,7 @@ class Desktop:
         updates: dict[str, str | None] = {}
         if "endpointId" in body:
             value = str(body["endpointId"] or "").strip()
-            if value and not _ENDPOINT_ID.match(value):
+            if value and not _ENDPOINT_ID.fullmatch(value):
                 raise ApiProblem(400, "invalid", "endpoint id: 1-64 letters, digits, '_' or '-'")
             updates["runpod_endpoint_id"] = value
         if "baseUrl" in body:
@@ -466,7 +466,7 @@ class Desktop:
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
             for record in records:
-                if isinstance(record, dict) and _JOB_ID.match(str(record.get("id", ""))):
+                if isinstance(record, dict) and _JOB_ID.fullmatch(str(record.get("id", ""))):
                     self.jobs[record["id"]] = record
         except (OSError, ValueError, TypeError) as exc:
             log.warning("ignoring %s: %s", path, exc)

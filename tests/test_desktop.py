@@ -144,6 +144,8 @@ class FakeEndpoint:
 
     def __init__(self) -> None:
         seen = self.requests = []
+        endpoint = self
+        self.id_suffix = ""  # a hostile endpoint's ids end in "\n"
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
@@ -160,7 +162,7 @@ class FakeEndpoint:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 seen.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-                self.answer({"id": f"job-{len(seen)}", "status": "IN_QUEUE"})
+                self.answer({"id": f"job-{len(seen)}{endpoint.id_suffix}", "status": "IN_QUEUE"})
 
             def do_GET(self) -> None:
                 seen.append((self.path, self.headers.get("Authorization"), None))
@@ -279,6 +281,19 @@ def test_a_key_saved_for_another_origin_is_never_sent(bare_desktop, endpoints) -
     assert (status, refused) == (400, {"error": problem, "code": "no_api_key"})
     status, view = http("GET", f"{desktop.url}/runpod/settings")
     assert view["apiKeySet"] is False and view["apiKeyProblem"] == problem
+
+
+def test_a_job_id_with_a_trailing_newline_is_refused(bare_desktop, endpoints) -> None:
+    """Job ids name folders and URLs: an endpoint answering ``"job-1\n"`` gets a clear 502,
+    and nothing is recorded under that id."""
+    desktop, (home, _) = bare_desktop, endpoints
+    settings(desktop, baseUrl=f"{home.origin}/v2", apiKey=API_KEY)
+    home.id_suffix = "\n"
+    status, refused = queue_http(desktop, invert_graph("newline-id"))
+    assert (status, refused["code"]) == (502, "remote"), refused
+    assert "returned an odd job id 'job-1\\n'" in refused["error"]
+    _, jobs = http("GET", f"{desktop.url}/runpod/jobs")
+    assert not any(job["id"].startswith("job-1") for job in jobs["jobs"]), jobs
 
 
 def test_a_huge_input_file_is_refused_from_its_size(bare_desktop, endpoints) -> None:
