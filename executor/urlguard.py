@@ -8,53 +8,26 @@ host name, and the Host header stays the name. Every redirect hop opens a new co
 through the same classes, so redirects get the same check.
 
 Proxies are not used: the check has to see the address that is actually connected to.
+The checks themselves live in ``nodes/netguard.py`` (the S3 module uses them too).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import http.client
-import ipaddress
 import socket
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from ..nodes.netguard import NotHttpURL, PrivateAddress, URLRefused, checked_socket
+
+__all__ = ["NotHttpURL", "PrivateAddress", "URLRefused", "open_checked_url"]
+
 USER_AGENT = "comfyui-runpod"
-
-
-class URLRefused(Exception):
-    """The guard will not fetch this URL; ``host`` names the host that was refused.
-
-    Not an ``OSError`` on purpose: urllib turns those into ``URLError``, and callers would
-    then report a refusal as a network failure.
-    """
-
-    def __init__(self, host: str, message: str) -> None:
-        super().__init__(message)
-        self.host = host
-
-
-class NotHttpURL(URLRefused):
-    """The URL (or a redirect target) is not http(s), or has no host."""
-
-
-class PrivateAddress(URLRefused):
-    """The host resolves to at least one address that is not public."""
-
-
-class UnresolvableHost(URLRefused):
-    """DNS gave no answer for the host."""
-
-
-def is_public_address(address: str) -> bool:
-    """Whether a job may reach ``address``: only globally routable ones (no loopback,
-    private, link-local such as cloud metadata, or unspecified addresses)."""
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    return ip.is_global
 
 
 def open_checked_url(
@@ -90,28 +63,28 @@ def _require_http(url: str) -> None:
         raise NotHttpURL(parsed.hostname or "?", "only http(s) URLs are allowed")
 
 
-def _checked_socket(host: str, port: int, timeout: Any, allow_private: bool) -> socket.socket:
-    """Resolve ``host`` once, refuse it if any address is not public, and connect to one
-    of exactly those addresses (in resolver order, like ``socket.create_connection``)."""
+#: Who wants to know of each socket opened in this context (``watching_sockets``).
+_socket_watcher: contextvars.ContextVar[Callable[[socket.socket], None] | None] = (
+    contextvars.ContextVar("socket_watcher", default=None)
+)
+
+
+@contextlib.contextmanager
+def watching_sockets(watch: Callable[[socket.socket], None]) -> Iterator[None]:
+    """Call ``watch`` with every socket the URLs opened here connect, redirects included:
+    a download's deadline shuts them down (no socket timeout bounds a whole download)."""
+    token = _socket_watcher.set(watch)
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UnresolvableHost(host, f"cannot resolve {host}: {exc}") from None
-    if not allow_private and not all(is_public_address(info[4][0]) for info in infos):
-        raise PrivateAddress(host, f"{host} resolves to a private or local address")
-    if not isinstance(timeout, (int, float)):  # http.client's "use the default" marker
-        timeout = socket.getdefaulttimeout()
-    error: OSError = OSError(f"no address to connect to for {host}")
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address)
-            return sock
-        except OSError as exc:
-            sock.close()
-            error = exc
-    raise error
+        yield
+    finally:
+        _socket_watcher.reset(token)
+
+
+def _watched(sock: socket.socket) -> socket.socket:
+    watch = _socket_watcher.get()
+    if watch is not None:
+        watch(sock)
+    return sock
 
 
 class _CheckedHTTPConnection(http.client.HTTPConnection):
@@ -120,7 +93,7 @@ class _CheckedHTTPConnection(http.client.HTTPConnection):
         self.allow_private = allow_private
 
     def connect(self) -> None:
-        self.sock = _checked_socket(self.host, self.port, self.timeout, self.allow_private)
+        self.sock = _watched(checked_socket(self.host, self.port, self.timeout, self.allow_private))
 
 
 class _CheckedHTTPSConnection(http.client.HTTPSConnection):
@@ -131,7 +104,7 @@ class _CheckedHTTPSConnection(http.client.HTTPSConnection):
         self.allow_private, self.tls = allow_private, context
 
     def connect(self) -> None:
-        sock = _checked_socket(self.host, self.port, self.timeout, self.allow_private)
+        sock = _watched(checked_socket(self.host, self.port, self.timeout, self.allow_private))
         # The certificate is checked against the name, not the address we connected to.
         self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
@@ -159,8 +132,28 @@ class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
 
 
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib would follow a redirect to ftp://; only http(s) targets are allowed."""
+    """Redirects stay on http(s), never go from https down to http, and keep the caller's
+    headers (a private host's token) only while scheme, host and port stay the same:
+    urllib would copy them to whatever host the redirect names."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
         _require_http(newurl)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if old.scheme == "https" and new.scheme == "http":
+            raise NotHttpURL(new.hostname or "?", "a redirect from https to http is refused")
+        follow = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if follow is not None and _origin(old) != _origin(new):
+            follow.headers = {
+                k: v for k, v in follow.headers.items() if k.lower() in _CROSS_ORIGIN_HEADERS
+            }
+        return follow
+
+
+#: What a redirect to another origin still gets: nothing the job supplied but a range
+#: (and the If-Range that keeps a resumed model download to the same file).
+_CROSS_ORIGIN_HEADERS = {"user-agent", "range", "if-range"}
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str | None, int | None]:
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, parts.hostname, parts.port or default

@@ -3,10 +3,15 @@
 Used by the job's delivery step (output files → bucket URLs) and by the S3 Upload node.
 boto3 only: one client per call, our own retries (so a flaky provider costs seconds, not
 minutes), and error messages that name the file and bucket but never the credentials.
+
+A job's own endpoint (``input.tobucket``, ``s3Config``) is as untrusted as a URL it names:
+its client connects only to public addresses (``netguard``), checked on each socket it
+opens. The operator's env bucket and the desktop user's own settings stay trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import mimetypes
 import os
@@ -14,10 +19,12 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
+
+from .netguard import ALLOW_FLAG, PrivateAddress, URLRefused, checked_socket, redact, resolve_checked
 
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3 rejects presigned URLs valid for longer (SigV4)
 
@@ -73,6 +80,16 @@ class UploadError(StorageError):
     code = "upload_failed"
 
 
+class EndpointRefused(UploadError):
+    """A job's endpoint resolves to an address jobs may not reach: the caller's to fix.
+
+    Raised by reads too; an ``UploadError`` so that delivery keeps a job's outputs, as
+    for any upload that failed.
+    """
+
+    code = "invalid_input"
+
+
 @dataclass(frozen=True)
 class BucketConfig:
     """Where and how outputs go. Credentials are kept out of ``repr`` so logs stay safe."""
@@ -85,6 +102,9 @@ class BucketConfig:
     key_prefix: str = "generations"
     url_expiry_s: int = MAX_URL_EXPIRY_S
     public_base_url: str | None = None
+    #: Set on a job's own bucket ("input.tobucket.endpointUrl"): its connections go to
+    #: public addresses only, and a refusal names this field. None: a trusted bucket.
+    guard_field: str | None = None
 
     def __post_init__(self) -> None:
         # Clamp instead of failing: a too-long expiry is a wish, and S3 would refuse the URL.
@@ -248,17 +268,23 @@ def _region_from_endpoint(endpoint: str) -> str | None:
 
 
 def resolve_bucket(
-    tobucket: object, s3_config: object, environ: Mapping[str, str] | None = None
+    tobucket: object,
+    s3_config: object,
+    environ: Mapping[str, str] | None = None,
+    *,
+    allow_private: bool = False,
 ) -> BucketConfig | None:
     """Pick the bucket for a job: ``input.tobucket`` > request ``s3Config`` > env.
 
     A level that is given (not None) but invalid is an error rather than a fall-through:
     silently uploading to the operator's bucket instead of the caller's would be worse.
+    The job's own levels are guarded (public addresses only) unless ``allow_private``.
     """
-    if tobucket is not None:
-        return BucketConfig.from_contract(tobucket, "input.tobucket")
-    if s3_config is not None:
-        return BucketConfig.from_contract(s3_config, "s3Config")
+    for value, where in ((tobucket, "input.tobucket"), (s3_config, "s3Config")):
+        if value is not None:
+            cfg = BucketConfig.from_contract(value, where)
+            guard = None if allow_private else f"{where}.endpointUrl"
+            return replace(cfg, guard_field=guard)
     return BucketConfig.from_env(os.environ if environ is None else environ)
 
 
@@ -363,6 +389,7 @@ def open_object(
     try:
         answer = client.get_object(**request)
     except Exception as e:
+        _check_refused(e, cfg)
         _, reason = _classify(e)
         raise StorageError(_redact(reason, cfg)) from None
     resumed = bool(offset) and "ContentRange" in answer
@@ -387,7 +414,7 @@ def _client(cfg: BucketConfig, workers: int) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         "s3",
         endpoint_url=cfg.endpoint_url,
         aws_access_key_id=cfg.access_id,
@@ -395,6 +422,61 @@ def _client(cfg: BucketConfig, workers: int) -> Any:
         region_name=cfg.region or "us-east-1",
         config=config,
     )
+    if cfg.guard_field is not None:
+        _guard(client)
+    return client
+
+
+def _guard(client: Any) -> None:
+    """Make this one client open its sockets with ``checked_socket`` (public addresses
+    only, the checked address is the one connected to; TLS still verifies the host name).
+
+    botocore has no public hook for this, so the client's own urllib3 pool classes are
+    swapped; if botocore changes shape, guarded uploads fail loudly instead of silently
+    going unchecked. Proxies would hide the real address, so a guarded client has none.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    pools = getattr(session, "_pool_classes_by_scheme", None)
+    manager = getattr(session, "_manager", None)
+    if not isinstance(pools, dict) or manager is None or not hasattr(session, "_proxy_config"):
+        raise RuntimeError("this botocore cannot guard a job's S3 endpoint; pin botocore")
+    guarded = _guarded_pools()
+    session._pool_classes_by_scheme = guarded
+    manager.pool_classes_by_scheme = guarded
+    session._proxy_config.proxy_url_for = lambda url: None
+
+
+@functools.cache
+def _guarded_pools() -> dict[str, type]:
+    """urllib3 pools whose connections connect through ``checked_socket``."""
+    import socket
+
+    from botocore import awsrequest
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    class Checked:
+        def _new_conn(self: Any) -> socket.socket:
+            try:
+                options = self.socket_options or ()
+                return checked_socket(self._dns_host, self.port, self.timeout, False, options)
+            except TimeoutError as e:  # raised as urllib3's own _new_conn raises them, so
+                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from e
+            except OSError as e:  # botocore classifies (and retries) them as always
+                raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+
+    class HTTPConnection(Checked, awsrequest.AWSHTTPConnection):
+        pass
+
+    class HTTPSConnection(Checked, awsrequest.AWSHTTPSConnection):
+        pass
+
+    class HTTPPool(awsrequest.AWSHTTPConnectionPool):
+        ConnectionCls = HTTPConnection
+
+    class HTTPSPool(awsrequest.AWSHTTPSConnectionPool):
+        ConnectionCls = HTTPSConnection
+
+    return {"http": HTTPPool, "https": HTTPSPool}
 
 
 def _put(
@@ -426,12 +508,45 @@ def _put(
                 client.put_object(Bucket=cfg.bucket_name, Key=key, Body=body, ContentType=ctype)
             break
         except Exception as e:
+            _check_refused(e, cfg)
             retry, reason = _classify(e)
             if not retry or attempt >= attempts:
                 raise _upload_error(cfg, label, _redact(reason, cfg)) from None
             delay = backoff_s * 2 ** (attempt - 1)
             time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: parallel retries spread
     return UploadedFile(path, key, _url(client, cfg, key), ctype, size)
+
+
+def check_endpoint(cfg: BucketConfig) -> None:
+    """Refuse a job's endpoint that resolves to a private address before the job runs, so
+    that the refusal costs no GPU time. Blocking (DNS). Only a first answer: every
+    connection is still checked (``_guard``), since DNS may answer otherwise later, and a
+    name that does not resolve now is left to the upload's own retries."""
+    if cfg.guard_field is None or not cfg.endpoint_url:
+        return
+    parts = urlsplit(cfg.endpoint_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        resolve_checked(parts.hostname or "", port, allow_private=False)
+    except PrivateAddress as e:
+        raise _refused(cfg, e) from None
+    except URLRefused:
+        pass
+
+
+def _check_refused(e: Exception, cfg: BucketConfig) -> None:
+    """Raise ``EndpointRefused`` when ``e`` is the guard refusing the job's endpoint
+    (botocore wraps it as the ``error`` of an ``HTTPClientError``)."""
+    cause = getattr(e, "kwargs", {}).get("error")
+    if isinstance(cause, URLRefused):
+        raise _refused(cfg, cause) from None
+
+
+def _refused(cfg: BucketConfig, cause: URLRefused) -> EndpointRefused:
+    return EndpointRefused(
+        f"{cfg.guard_field}: {cause}, which a job's bucket may not reach; "
+        f"the worker's {ALLOW_FLAG} allows it"
+    )
 
 
 def _classify(e: Exception) -> tuple[bool, str]:
@@ -473,7 +588,7 @@ def _redact(reason: str, cfg: BucketConfig) -> str:
     for secret in (cfg.access_secret, cfg.access_id):
         if secret:
             reason = reason.replace(secret, "***")
-    return reason[:300]
+    return redact(reason)[:300]
 
 
 def _upload_error(cfg: BucketConfig, label: str, reason: str) -> UploadError:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import workflows
 from comfyui_runpod.executor.cli import main
+from comfyui_runpod.executor.endpoint import ServeSettings
 from httpkit import Hook, fetch, http
 from PIL import Image
 from s3server import TEST_ACCESS_SECRET, bucket_contract
@@ -154,7 +155,7 @@ def test_sdk_cancel_health_purge_queue(serve, monkeypatch, comfyui_under_test):
 
 def test_runsync_with_bucket_webhook_and_policy(serve, hook, s3_server, caplog):
     caplog.set_level(logging.INFO, logger="comfyui_runpod")
-    running = serve()
+    running = serve(allow_private_urls=True)  # the receiver is on loopback
     receiver = hook(fail_first=1)
     tobucket = s3_server.make_bucket(f"to-{uuid.uuid4().hex[:8]}")
     s3config = s3_server.make_bucket(f"s3c-{uuid.uuid4().hex[:8]}")
@@ -209,7 +210,7 @@ def test_execution_timeout_is_timed_out_and_retry(serve):
 
 
 def test_ttl_expires_queued_and_running_jobs(serve, hook):
-    running = serve()
+    running = serve(allow_private_urls=True)  # the receiver is on loopback
     receiver = hook()
     slow = workflows.slow(steps=500, delay=0.01)
     a = running.call("POST", "run", job(slow, policy={"ttl": 1000}, webhook=receiver.url))[1]
@@ -331,7 +332,7 @@ def test_health_counts_after_a_mix_of_jobs(serve):
 
 
 def test_queue_is_fifo_with_three_jobs_in_flight(serve, hook):
-    running = serve()
+    running = serve(allow_private_urls=True)  # the receiver is on loopback
     receiver = hook()
     bodies = [
         job(workflows.slow(steps=20, delay=0.01), webhook=receiver.url),
@@ -509,3 +510,10 @@ def test_a_saved_ui_format_workflow_runs_through_runsync(serve):
     output = body["output"]
     assert "convert_s" in output["timings"]
     assert pixel(fetch(output["files"][0])[1]) == (0x12, 0x34, 0x56)  # both inverts bypassed
+
+
+@pytest.mark.parametrize("endpoint_id", ["local\n", "", "a/b", "x" * 65])
+def test_an_odd_endpoint_id_is_refused_at_start(endpoint_id: str) -> None:
+    """The id is a path segment of every URL: a trailing newline is not "local"."""
+    with pytest.raises(ValueError, match="endpoint id"):
+        ServeSettings(endpoint_id=endpoint_id)

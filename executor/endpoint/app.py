@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import signal
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
+from ...nodes.netguard import URLRefused
 from ..delivery import RUN_LIMIT, RUNSYNC_LIMIT
 from ..errors import JobError, mib
 from ..node_imports import summary
@@ -27,7 +29,7 @@ from ..pipeline import Pipeline
 from ..request import parse_policy
 from .jobs import FINAL_CHUNK, IN_PROGRESS, IN_QUEUE, Job, JobQueue, NotRetryable
 from .openapi import docs_page, openapi_document
-from .settings import ServeSettings
+from .settings import ServeSettings, origin_of
 from .webhook import WebhookSender
 
 log = logging.getLogger("comfyui_runpod.endpoint")
@@ -50,6 +52,7 @@ class LocalEndpoint:
             attempts=settings.webhook_attempts,
             retry_delay_s=settings.webhook_retry_delay_s,
             timeout_s=settings.webhook_timeout_s,
+            allow_private=settings.allow_private_urls,
         )
         self.jobs = JobQueue(
             pipeline,
@@ -63,8 +66,8 @@ class LocalEndpoint:
     def routes(self) -> list[web.RouteDef]:
         p = self.settings.prefix
         return [
-            web.post(f"{p}/run", self.run),
-            web.post(f"{p}/runsync", self.runsync),
+            web.post(f"{p}/run", self.run, name="run"),
+            web.post(f"{p}/runsync", self.runsync, name="runsync"),
             web.get(f"{p}/status/{{id}}", self.status),
             web.post(f"{p}/status/{{id}}", self.status),
             web.get(f"{p}/stream/{{id}}", self.stream),
@@ -188,6 +191,11 @@ class LocalEndpoint:
         if not isinstance(body.get("input"), dict):
             raise ApiError(400, 'the request has no "input" object')
         webhook = _webhook(body.get("webhook"))
+        if webhook is not None:
+            try:
+                await self.webhooks.check(webhook)
+            except URLRefused as exc:
+                raise ApiError(400, str(exc)) from None
         try:
             ttl_s = parse_policy(body.get("policy")).ttl_s
         except JobError as exc:
@@ -252,7 +260,7 @@ class LocalEndpoint:
 def make_app(pipeline: Pipeline, settings: ServeSettings) -> web.Application:
     """The aiohttp application; jobs start and stop with it (startup/shutdown signals)."""
     endpoint = LocalEndpoint(pipeline, settings)
-    app = web.Application(middlewares=[_json_errors, _auth(settings.api_key)])
+    app = web.Application(middlewares=[_browsers(settings), _json_errors, _auth(settings.api_key)])
     app[ENDPOINT] = endpoint
     app.add_routes(endpoint.routes())
     app.on_startup.append(endpoint.on_startup)
@@ -344,6 +352,95 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return web.json_response({"error": "internal server error"}, status=500)
+
+
+#: Routes whose POST always carries a JSON body (other POSTs only when they have a body).
+_JSON_ROUTES = {"run", "runsync"}
+_PREFLIGHT = {
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _browsers(settings: ServeSettings) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Keep other web pages out: any site a developer visits can POST to a local port.
+
+    A browser marks its requests with ``Origin`` / ``Sec-Fetch-Site``: a foreign one is
+    refused (403) unless ``--allow-origin`` lists it, and bodies must be sent as
+    ``application/json`` (415), which a page cannot do across sites without a CORS
+    preflight. On a loopback address the Host must be a loopback name too, so a
+    rebinding DNS name cannot make a page's requests look same-origin. Output files
+    (``<img>`` sources, with their own token) are left alone. Non-browser clients
+    (curl, the runpod SDK) send none of these headers and pass.
+    """
+    allowed = set(settings.allow_origins)
+    public = origin_of(settings.public_url) if settings.public_url else None
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        listed = origin is not None and _origin_or_none(origin) in allowed
+        if request.match_info.route.name != "file" and not listed:
+            refusal = _foreign(request, settings, origin, public)
+            if refusal is not None:
+                return web.json_response({"error": refusal}, status=403)
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if listed else {}
+        if request.method == "OPTIONS" and listed:
+            return web.Response(status=204, headers={**cors, **_PREFLIGHT})
+        if _needs_json(request) and request.content_type != "application/json":
+            line = (
+                "send the body as JSON with Content-Type: application/json "
+                f"(got {request.content_type})"
+            )
+            return web.json_response({"error": line}, status=415, headers=cors)
+        response = await handler(request)
+        response.headers.update(cors)
+        return response
+
+    return check
+
+
+def _foreign(
+    request: web.Request, settings: ServeSettings, origin: str | None, public: str | None
+) -> str | None:
+    """Why a browser request comes from another site, or None when it does not."""
+    hint = "serve --allow-origin ORIGIN (env COMFYUI_RUNPOD_ALLOW_ORIGINS) allows a web app"
+    own = _origin_or_none(f"{request.scheme}://{request.host}")
+    if (
+        settings.loopback
+        and not _loopback_name(request.url.host)
+        and (own is None or own != public)
+    ):
+        return f"Host {request.host} is not a name of this loopback server"
+    if origin is not None and _origin_or_none(origin) not in {own, public} - {None}:
+        return f"a page at {origin} may not call this endpoint; {hint}"
+    if origin is None and request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return f"a page on another site may not call this endpoint; {hint}"
+    return None
+
+
+def _loopback_name(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def _needs_json(request: web.Request) -> bool:
+    """POSTs that carry a body; ``run`` and ``runsync`` always do."""
+    if request.method != "POST":
+        return False
+    return request.match_info.route.name in _JSON_ROUTES or request.body_exists
+
+
+def _origin_or_none(value: str) -> str | None:
+    try:
+        return origin_of(value)
+    except ValueError:
+        return None  # "null" (a sandboxed page, a file://), or garbage: nobody's origin
 
 
 def _auth(api_key: str | None) -> Callable[..., Awaitable[web.StreamResponse]]:

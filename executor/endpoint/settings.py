@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
@@ -37,9 +38,14 @@ class ServeSettings:
     #: How often queued jobs past their ttl and expired results are swept away (reads
     #: check expiry themselves, so this only bounds how long memory and files linger).
     sweep_interval_s: float = 1.0
+    #: Webhooks may go to loopback and private addresses (``--allow-private-urls``).
+    allow_private_urls: bool = False
+    #: Browser origins (``https://app.example``) that may call the API; any other page's
+    #: requests are refused (a local endpoint is otherwise open to every site you visit).
+    allow_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _ENDPOINT_ID.match(self.endpoint_id):
+        if not _ENDPOINT_ID.fullmatch(self.endpoint_id):
             raise ValueError(
                 f"endpoint id {self.endpoint_id!r}: use 1-64 letters, digits, '_' or '-'"
             )
@@ -47,6 +53,7 @@ class ServeSettings:
             raise ValueError("retention, webhook attempts and sweep interval must be positive")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty")
+        object.__setattr__(self, "allow_origins", tuple(map(origin_of, self.allow_origins)))
 
     @property
     def prefix(self) -> str:
@@ -55,3 +62,19 @@ class ServeSettings:
     @property
     def loopback(self) -> bool:
         return self.host in _LOOPBACK
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` as browsers send it in ``Origin`` (lower case, no default
+    port, no path); ValueError for anything else."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    extra = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username
+    if parts.scheme not in ("http", "https") or not parts.hostname or extra:
+        raise ValueError(f"origin {url!r}: use scheme://host[:port], e.g. https://app.example")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")

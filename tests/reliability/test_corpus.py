@@ -561,18 +561,27 @@ CASES = [
         bucket(bucketName="no-such-bucket"),
         "upload_failed",
         ("could not upload inv_00001_.png to bucket no-such-bucket", "NoSuchBucket"),
+        media={"allow_private_urls": True},  # the moto server is on loopback
+    ),
+    Case(
+        "tobucket-private-endpoint",
+        bucket(),
+        "invalid_input",
+        ("input.tobucket.endpointUrl: 127.0.0.1 resolves to a private", "--allow-private-urls"),
     ),
     Case(
         "tobucket-endpoint-down",
         lambda env: job(tobucket=bucket_contract(env.closed, "b")),
         "upload_failed",
         ("could not upload inv_00001_.png to bucket b",),
+        media={"allow_private_urls": True},
     ),
     Case(
         "tobucket-endpoint-not-s3",
         lambda env: job(tobucket=bucket_contract(env.web, "b")),
         "upload_failed",
         ("could not upload inv_00001_.png to bucket b",),
+        media={"allow_private_urls": True},
     ),
     # -- policy, flags, webhook ----------------------------------------------------------------
     Case(

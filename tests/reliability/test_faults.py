@@ -57,7 +57,9 @@ class FailAfterFirst(S3Proxy):
 
 def test_s3_down_is_upload_failed_naming_the_file_and_outputs_are_kept(pipeline_for, env):
     began = time.monotonic()
-    result = pipeline_for().run_sync({"id": "down", **bucket_job(env.closed, "b", batch=2)})
+    result = pipeline_for(allow_private_urls=True).run_sync(
+        {"id": "down", **bucket_job(env.closed, "b", batch=2)}
+    )
     assert time.monotonic() - began < 10  # three tries with a short backoff, not minutes
     assert result["error_code"] == "upload_failed"
     assert re.match(
@@ -68,7 +70,7 @@ def test_s3_down_is_upload_failed_naming_the_file_and_outputs_are_kept(pipeline_
 
 def test_s3_failing_every_put_is_retried_three_times(pipeline_for, env):
     with S3Proxy(env.s3, fail_puts=10**6) as proxy:
-        result = pipeline_for().run_sync(
+        result = pipeline_for(allow_private_urls=True).run_sync(
             {"id": "fails", **bucket_job(proxy.endpoint_url, env.bucket)}
         )
     assert proxy.puts == 3
@@ -81,7 +83,7 @@ def test_s3_failing_every_put_is_retried_three_times(pipeline_for, env):
 
 def test_s3_failing_twice_then_recovering_delivers(pipeline_for, env):
     with S3Proxy(env.s3, fail_puts=2) as proxy:
-        result = pipeline_for().run_sync(
+        result = pipeline_for(allow_private_urls=True).run_sync(
             {"id": "flaky", **bucket_job(proxy.endpoint_url, env.bucket)}
         )
         assert "error" not in result, result
@@ -92,6 +94,7 @@ def test_s3_failing_twice_then_recovering_delivers(pipeline_for, env):
 
 def test_s3_failing_mid_upload_through_serve_keeps_every_file(serve_factory, env):
     running = serve_factory()
+    running.use_media(allow_private_urls=True)  # the S3 proxy is on loopback
     with FailAfterFirst(env.s3, fail_puts=1) as proxy:
         code, answer = running.call(
             "POST", "runsync", bucket_job(proxy.endpoint_url, env.bucket, 3)
@@ -115,7 +118,9 @@ def test_s3_failing_mid_upload_through_serve_keeps_every_file(serve_factory, env
 def test_s3_dropping_connections_mid_request(pipeline_for):
     dropper = Dropper()
     try:
-        result = pipeline_for().run_sync({"id": "drop", **bucket_job(dropper.url, "b")})
+        result = pipeline_for(allow_private_urls=True).run_sync(
+            {"id": "drop", **bucket_job(dropper.url, "b")}
+        )
     finally:
         dropper.stop()
     assert result["error_code"] == "upload_failed"
@@ -126,7 +131,7 @@ def test_s3_dropping_connections_mid_request(pipeline_for):
 
 def test_s3_slow_still_delivers_and_uploads_in_parallel(pipeline_for, env):
     with S3Proxy(env.s3, put_delay_s=0.4) as proxy:
-        result = pipeline_for().run_sync(
+        result = pipeline_for(allow_private_urls=True).run_sync(
             {"id": "slow", **bucket_job(proxy.endpoint_url, env.bucket, 3)}
         )
         assert "error" not in result, result
@@ -143,7 +148,7 @@ def test_webhook_receiver_failing_the_result_stays_available(serve_factory, capl
     broken = None if receiver == "down" else Dropper(hang=receiver == "hangs")
     url = f"{broken.url if broken else closed_port_url()}/hook?token=t0ken"
     try:
-        running = serve_factory(webhook_timeout_s=0.3)
+        running = serve_factory(webhook_timeout_s=0.3, allow_private_urls=True)
         code, answer = running.call(
             "POST", "run", {"input": {"workflow": workflows.invert(0)}, "webhook": url}
         )
@@ -260,7 +265,7 @@ def test_20_rapid_cancels_through_the_handler(pipeline_for):
 
 
 def test_client_hanging_up_during_runsync_the_job_completes(serve_factory):
-    running = serve_factory()
+    running = serve_factory(allow_private_urls=True)  # the webhook receiver is on loopback
     hook = Hook().start()
     try:
         body = json.dumps(
