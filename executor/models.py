@@ -9,10 +9,16 @@ next worker find a model already there. Its layout::
                                    holds a shared lock on what it uses, so eviction
                                    (least recently used first) passes it by
     <cache>/.meta/<key>.json       where a file came from (its URL without the query)
+    <cache>/.meta/<key>.partial.json  where a partial file came from, and its ETag or
+                                   Last-Modified: only the same file is resumed
 
-A file appears under its name only after its size and sha256 are checked: a download
-that dies leaves nothing a loader could pick up. Request headers (private hosts' tokens)
-and URL queries (signed URLs) are secrets: never logged, never in errors or results.
+A file appears under its name only after its size and sha256 are checked, and after its
+metadata: a download that dies leaves nothing a loader could pick up. Partial files count
+toward the cache's cap, and a download without a length is held to it as it streams.
+Each download ends at a deadline (``deadline``), whatever the server's pace.
+
+Request headers (private hosts' tokens) and URL queries (signed URLs) are secrets: never
+logged, never in errors or results.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import json
 import logging
 import os
 import re
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -33,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ..nodes.netguard import redact
 from ..nodes.storage import BucketConfig, StorageError, open_object
+from .deadline import Deadline
 from .errors import JobError, mib
 from .urlguard import URLRefused, open_checked_url
 
@@ -44,8 +54,13 @@ MODEL_URL_SCHEMES = ("https://", "http://", "s3://")
 #: Where the cache goes when a RunPod network volume is mounted.
 VOLUME_CACHE = Path("/runpod-volume/comfyui-runpod/models")
 _CHUNK = 1 << 20
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ +-]{0,199}$")
-_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+#: How far ahead a download without a length reserves room under the cache's cap.
+_RESERVE_STEP = 64 << 20
+#: The flag that sets ``download_timeout_s`` (named when a download runs out of time).
+MODEL_DOWNLOAD_FLAG = "--model-download-timeout"
+# Matched whole (``fullmatch``): ``$`` would also pass a trailing newline.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ +-]{0,199}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -86,6 +101,9 @@ class ModelSettings:
     max_file_bytes: int = 64 * 1024**3
     #: Seconds without a byte before a download is given up.
     read_timeout_s: float = 60.0
+    #: Seconds a download may take in all (less when the job's own time ends sooner):
+    #: a server that trickles a byte now and then never trips ``read_timeout_s``.
+    download_timeout_s: float = 3600.0
     allow_private_urls: bool = False
 
 
@@ -102,7 +120,7 @@ def name_from_url(url: str) -> str:
 
 
 def check_name(name: Any, where: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise JobError(
             "invalid_input",
             f"{where}: {name!r} is not an allowed model file name (letters, digits, '._ +-', "
@@ -114,14 +132,14 @@ def check_name(name: Any, where: str) -> str:
 def check_sha256(value: Any, where: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
         raise JobError("invalid_input", f"{where}.sha256 must be 64 hex digits")
     return value.lower()
 
 
 #: A ComfyUI model folder name (``checkpoints``, ``loras``, ...); checked against the
 #: booted ComfyUI's folders before the run.
-_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_FOLDER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def parse_specs(value: Any, where_all: str) -> list[ModelSpec]:
@@ -140,7 +158,7 @@ def parse_specs(value: Any, where_all: str) -> list[ModelSpec]:
         if not isinstance(url, str) or not url.startswith(MODEL_URL_SCHEMES):
             raise JobError("invalid_input", f"{where}.url must be an http(s):// or s3:// URL")
         folder = item.get("folder")
-        if not isinstance(folder, str) or not _FOLDER.match(folder):
+        if not isinstance(folder, str) or not _FOLDER.fullmatch(folder):
             raise JobError(
                 "invalid_input", f"{where}.folder must name a ComfyUI model folder, e.g. loras"
             )
@@ -186,11 +204,14 @@ class ModelCache:
         *,
         bucket: BucketConfig | None = None,
         on_progress: ProgressCallback | None = None,
+        job_deadline: float | None = None,
     ) -> bool:
         """Have ``spec`` in the cache; True when it had to be downloaded.
 
         Call it inside :meth:`in_use` for the same spec, so that eviction cannot take
-        the file between this check and the job that loads it.
+        the file between this check and the job that loads it. ``job_deadline`` (a
+        ``time.monotonic()`` instant) is when the job's own time ends: a download stops
+        then at the latest.
         """
         target = self.path_of(spec)
         key = _key(spec)
@@ -198,9 +219,12 @@ class ModelCache:
             # One downloader per file, across processes: the others wait here, then find it.
             with self._locked(f"{key}.download", fcntl.LOCK_EX):
                 if not target.is_file():
-                    self._download(spec, target, key, bucket, on_progress)
+                    deadline = Deadline.within(
+                        self.settings.download_timeout_s, MODEL_DOWNLOAD_FLAG, job_deadline
+                    )
+                    self._download(spec, target, key, bucket, on_progress, deadline)
                     return True
-        self._check_same_source(spec, key)
+        self._check_same_source(spec, key, target)
         _touch(target)
         return False
 
@@ -213,7 +237,8 @@ class ModelCache:
             yield
 
     def size(self) -> int:
-        return sum(path.stat().st_size for path in self._files())
+        """Bytes the cache holds: finished files and partial downloads."""
+        return sum(size for _, size, _ in self._entries())
 
     # -- downloading -----------------------------------------------------------------------
 
@@ -224,61 +249,72 @@ class ModelCache:
         key: str,
         bucket: BucketConfig | None,
         on_progress: ProgressCallback | None,
+        deadline: Deadline,
     ) -> None:
         partial = self.root / ".partial" / key
-        offset = partial.stat().st_size if partial.is_file() else 0
+        offset, validator = self._resumable(spec, key)
         started = time.monotonic()
         try:
-            with self._open(spec, offset, bucket) as (stream, total, resumed):
-                if not resumed:
+            with deadline, self._open(spec, offset, validator, bucket, deadline) as body:
+                if body.start == 0:
                     offset = 0
+                    # Where these bytes come from: a later try resumes only the same file.
+                    source = {"url": spec.public_url, "validator": body.validator}
+                    _write_json(self._partial_source(key), source)
+                total = body.total
                 if total is not None and total > self.settings.max_file_bytes:
                     raise _too_large(spec, total, self.settings.max_file_bytes)
-                if total is not None:
-                    self._make_room(total - offset, keep=target)
-                digest = hashlib.sha256()
-                if offset:
-                    with partial.open("rb") as done:
-                        for block in iter(lambda: done.read(_CHUNK), b""):
-                            digest.update(block)
+                room = self._make_room(total, partial) if total is not None else 0
+                digest = _sha256_of(partial) if offset else hashlib.sha256()
                 written = offset
                 report = _Reporter(spec, total, on_progress)
                 with partial.open("ab" if offset else "wb") as out:
-                    for block in iter(lambda: stream.read(_CHUNK), b""):
+                    for block in iter(lambda: body.stream.read(_CHUNK), b""):
                         written += len(block)
                         if written > self.settings.max_file_bytes:
                             raise _too_large(spec, written, self.settings.max_file_bytes)
+                        if written > room:  # no length given, or more than it said
+                            room = self._make_room(written, partial, ahead=_RESERVE_STEP)
                         out.write(block)
                         digest.update(block)
                         report(written)
+            if deadline.expired:  # the connection was cut when time ran out
+                raise TimeoutError(f"after {written} bytes")
             if total is not None and written != total:
                 raise ConnectionError(f"the connection closed after {written} of {total} bytes")
         except (JobError, URLRefused) as exc:
-            partial.unlink(missing_ok=True)  # a refusal, a bad size: nothing to resume
+            self._drop_partial(key)  # a refusal, a bad size: nothing to resume
             if isinstance(exc, URLRefused):
                 raise _failed(spec, str(exc)) from None
             raise
         except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
             if isinstance(exc, urllib.error.HTTPError):
-                partial.unlink(missing_ok=True)
+                self._drop_partial(key)
                 raise _failed(spec, f"HTTP {exc.code} {exc.reason}") from None
             # The network died mid-file: keep what came for the next try's HTTP range.
             if partial.is_file() and partial.stat().st_size == 0:
-                partial.unlink()
-            reason = getattr(exc, "reason", None) or exc
+                self._drop_partial(key)
+            if deadline.expired:
+                raise _failed(spec, f"the download {deadline.describe()}") from None
+            reason = redact(str(getattr(exc, "reason", None) or exc), spec.url)
             raise _failed(spec, f"{type(exc).__name__}: {reason}") from None
         if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
-            partial.unlink(missing_ok=True)
+            self._drop_partial(key)
             raise JobError(
                 "model_checksum_mismatch",
                 f"model {spec.name} from {spec.public_url} has sha256 {digest.hexdigest()}, "
                 f"not the {spec.sha256} the job expects",
                 {"url": spec.public_url, "expected": spec.sha256, "found": digest.hexdigest()},
             )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, target)  # only a verified, complete file gets its name
         meta = {"url": spec.public_url, "sha256": digest.hexdigest(), "size": written}
-        (self.root / ".meta" / f"{key}.json").write_text(json.dumps(meta), encoding="utf-8")
+        try:  # the metadata first: a file never has its name without it
+            _write_json(self.root / ".meta" / f"{key}.json", meta)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(partial, target)  # only a verified, complete file gets its name
+        except OSError:
+            self._drop_partial(key)
+            raise
+        self._partial_source(key).unlink(missing_ok=True)
         log.info(
             "model %s/%s: %s in %.1fs from %s",
             spec.folder,
@@ -288,38 +324,70 @@ class ModelCache:
             spec.public_url,
         )
 
+    def _resumable(self, spec: ModelSpec, key: str) -> tuple[int, str | None]:
+        """(bytes to resume from, the validator they were sent under) for a partial file
+        that came from this URL under a validator; (0, None) means start again."""
+        try:
+            size = (self.root / ".partial" / key).stat().st_size
+            source = json.loads(self._partial_source(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return 0, None
+        validator = source.get("validator") if isinstance(source, dict) else None
+        if size and source.get("url") == spec.public_url and isinstance(validator, str):
+            return size, validator
+        return 0, None
+
     @contextlib.contextmanager
     def _open(
-        self, spec: ModelSpec, offset: int, bucket: BucketConfig | None
-    ) -> Iterator[tuple[IO[bytes], int | None, bool]]:
-        """(body stream, total size or None, whether it starts at ``offset``)."""
+        self,
+        spec: ModelSpec,
+        offset: int,
+        validator: str | None,
+        bucket: BucketConfig | None,
+        deadline: Deadline,
+    ) -> Iterator[_Body]:
+        """The body from ``offset`` if the source still has the same file there (``If-Range``
+        and the answer's ``Content-Range`` say so), else from the start."""
         if spec.url.startswith("s3://"):
+            # No validator comes back from S3 here: a partial file is not resumed.
             if bucket is None:
                 raise _failed(spec, "s3:// needs bucket credentials (tobucket, s3Config or env)")
             bucket_name, _, object_key = spec.url[len("s3://") :].partition("/")
             try:
-                body, total, resumed = open_object(bucket, bucket_name, object_key, offset)
-            except StorageError as exc:  # not found, denied, unreachable
+                stream, total, _ = open_object(bucket, bucket_name, object_key)
+            except StorageError as exc:  # not found, denied, unreachable; or refused
+                if exc.code == "invalid_input":
+                    raise JobError(exc.code, f"model {spec.name}: {exc}") from None
                 raise _failed(spec, str(exc)) from None
-            with contextlib.closing(body):
-                yield body, total, resumed
+            with contextlib.closing(stream):
+                deadline.watch_stream(stream)
+                yield _Body(_ObjectStream(stream), total, 0, None)
             return
+        response = self._request(spec, offset, validator, deadline)
+        resumed = bool(offset) and response.status == 206
+        if resumed and _range_start(response) != offset:  # not the range asked for
+            response.close()
+            log.info("model %s: the server did not resume at byte %d; again", spec.name, offset)
+            response, resumed = self._request(spec, 0, None, deadline), False
+        start = offset if resumed else 0
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) + start if length and length.isdigit() else None
+            yield _Body(response, total, start, _validator(response))
+
+    def _request(
+        self, spec: ModelSpec, offset: int, validator: str | None, deadline: Deadline
+    ) -> http.client.HTTPResponse:
         headers = dict(spec.headers)
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-        response = open_checked_url(
+        if offset and validator:
+            # The rest of the file only if it is still the same file; else all of it.
+            headers.update({"Range": f"bytes={offset}-", "If-Range": validator})
+        return open_checked_url(
             spec.url,
-            timeout_s=self.settings.read_timeout_s,
+            timeout_s=deadline.timeout(self.settings.read_timeout_s),
             allow_private=self.settings.allow_private_urls,
             headers=headers,
         )
-        with response:
-            resumed = offset > 0 and response.status == 206
-            length = response.headers.get("Content-Length")
-            total = None
-            if length and length.isdigit():
-                total = int(length) + (offset if resumed else 0)
-            yield response, total, resumed
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -332,11 +400,26 @@ class ModelCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _check_same_source(self, spec: ModelSpec, key: str) -> None:
+    def _partial_source(self, key: str) -> Path:
+        return self.root / ".meta" / f"{key}.partial.json"
+
+    def _drop_partial(self, key: str) -> None:
+        (self.root / ".partial" / key).unlink(missing_ok=True)
+        self._partial_source(key).unlink(missing_ok=True)
+
+    def _check_same_source(self, spec: ModelSpec, key: str, target: Path) -> None:
+        path = self.root / ".meta" / f"{key}.json"
         try:
-            meta = json.loads((self.root / ".meta" / f"{key}.json").read_text(encoding="utf-8"))
+            meta = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return  # put there by hand: trust it
+            meta = None
+        if not isinstance(meta, dict):
+            if spec.sha256 is None:
+                return  # put there by hand, and the job names no checksum: trust it
+            # Put there by hand: the job's checksum decides, once (then it is recorded).
+            meta = {"sha256": _sha256_of(target).hexdigest(), "size": target.stat().st_size}
+            if meta["sha256"] == spec.sha256:
+                _write_json(path, meta)
         if spec.sha256 is not None and meta.get("sha256") != spec.sha256:
             raise JobError(
                 "model_checksum_mismatch",
@@ -352,51 +435,140 @@ class ModelCache:
             )
 
     def _files(self) -> list[Path]:
+        """Everything that counts toward the cap: finished files and partial downloads."""
         return [
             path
             for folder in self.root.iterdir()
-            if folder.is_dir() and not folder.name.startswith(".")
+            if folder.is_dir() and (folder.name == ".partial" or not folder.name.startswith("."))
             for path in folder.rglob("*")
             if path.is_file()
         ]
 
-    def _make_room(self, incoming: int, keep: Path) -> None:
-        """Evict least recently used files not in use until ``incoming`` bytes fit."""
+    def _entries(self, leave_out: Path | None = None) -> list[tuple[float, int, Path]]:
+        """(last use, size, path) of :meth:`_files`, least recently used first; a file
+        another process removed since the listing is passed over."""
+        entries = []
+        for path in self._files():
+            if path == leave_out:
+                continue
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((stat.st_mtime, stat.st_size, path))
+        return sorted(entries)
+
+    def _make_room(self, size: int, partial: Path, ahead: int = 0) -> int:
+        """Evict least recently used files (and abandoned partial downloads) not in use
+        until ``partial`` can grow to ``size`` bytes, and ``ahead`` more if that is free:
+        a download without a length asks again only after that. Returns the size
+        ``partial`` may now reach."""
         cap = self.settings.max_cache_bytes
         if cap is None:
-            return
-        if incoming > cap:
+            return sys.maxsize
+        if size > cap:
             raise JobError(
                 "model_too_large",
-                f"a model of {mib(incoming)} cannot fit the {mib(cap)} model cache",
-                {"size": incoming, "limit": cap},
+                f"a model of {mib(size)} cannot fit the {mib(cap)} model cache",
+                {"size": size, "limit": cap},
             )
-        files = sorted(self._files(), key=lambda p: p.stat().st_mtime)
-        used = sum(p.stat().st_size for p in files)
-        for path in files:
-            if used + incoming <= cap:
-                return
-            if path == keep:
-                continue
-            key = _key_of(path.relative_to(self.root))
-            with (self.root / ".locks" / key).open("a+b") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a running job uses it
-                size = path.stat().st_size
-                path.unlink(missing_ok=True)
-                (self.root / ".meta" / f"{key}.json").unlink(missing_ok=True)
-                fcntl.flock(handle, fcntl.LOCK_UN)
-            used -= size
-            log.info("model cache: evicted %s (%s)", path.relative_to(self.root), mib(size))
-        if used + incoming > cap:
+        goal = min(cap, size + ahead)
+        entries = self._entries(leave_out=partial)
+        used = sum(length for _, length, _ in entries)
+        for _, length, path in entries:
+            if used + goal <= cap:
+                break
+            if self._evict(path):
+                used -= length
+        if used + size > cap:
             raise JobError(
                 "model_too_large",
                 f"the model cache ({mib(cap)}) is full of models in use; "
-                f"{mib(incoming)} more does not fit",
-                {"size": incoming, "limit": cap},
+                f"{mib(size)} more does not fit",
+                {"size": size, "limit": cap},
             )
+        return cap - used
+
+    def _evict(self, path: Path) -> bool:
+        """Remove ``path`` unless a job uses it (or, for a partial file, a download is
+        writing it); whether it went."""
+        relative = path.relative_to(self.root)
+        partial = relative.parts[0] == ".partial"
+        lock = f"{path.name}.download" if partial else _key_of(relative)
+        with (self.root / ".locks" / lock).open("a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # in use
+            try:
+                if partial:
+                    self._drop_partial(path.name)
+                else:
+                    path.unlink(missing_ok=True)
+                    (self.root / ".meta" / f"{lock}.json").unlink(missing_ok=True)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        log.info("model cache: evicted %s", relative)
+        return True
+
+
+@dataclass(frozen=True)
+class _Body:
+    """A download's response: its stream, the whole file's size if known, the offset the
+    stream starts at, and the validator (ETag or Last-Modified) a resume must match."""
+
+    stream: IO[bytes] | _ObjectStream
+    total: int | None
+    start: int
+    validator: str | None
+
+
+class _ObjectStream:
+    """An S3 object's body whose failures read as the network's: botocore raises its own
+    types (``IncompleteReadError``, ``ResponseStreamingError``) for a cut connection."""
+
+    def __init__(self, body: IO[bytes]) -> None:
+        self.body = body
+
+    def read(self, size: int) -> bytes:
+        try:
+            return self.body.read(size)
+        except Exception as exc:  # whatever botocore or urllib3 make of a dead socket
+            raise ConnectionError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _range_start(response: http.client.HTTPResponse) -> int | None:
+    """Where a 206's ``Content-Range: bytes START-END/TOTAL`` starts (None: unreadable)."""
+    match = re.fullmatch(r"bytes (\d+)-\d+/(?:\d+|\*)", response.headers.get("Content-Range", ""))
+    return int(match.group(1)) if match else None
+
+
+def _validator(response: http.client.HTTPResponse) -> str | None:
+    """What ``If-Range`` may name: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _sha256_of(path: Path) -> Any:
+    digest = hashlib.sha256()
+    with path.open("rb") as done:
+        for block in iter(lambda: done.read(_CHUNK), b""):
+            digest.update(block)
+    return digest
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Write ``path`` whole or not at all (a crash leaves the old one, or none)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(value, out)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class _Reporter:
@@ -472,10 +644,13 @@ def plan(
     workflow: dict[str, Any],
     node_classes: Mapping[str, Any],
     folder_paths: Any,
-) -> list[ModelSpec]:
-    """The models a job needs: ``input.models`` plus URLs written into loaders' file
-    inputs (each replaced by the cached file's name, so ComfyUI validates a plain name).
-    Folders are checked against the booted ComfyUI's; nothing is fetched here."""
+) -> tuple[list[ModelSpec], dict[str, Any]]:
+    """The models a job needs (``input.models`` plus URLs written into inputs that list
+    model files) and the workflow to run: a copy with each such URL replaced by the cached
+    file's name, so ComfyUI validates a plain name. ``workflow`` itself is left as it is:
+    it may be an app's stored workflow, or a request ``serve`` retries. A URL in any other
+    input (a prompt, a URL loader's ``url``) is text. Folders are checked against the
+    booted ComfyUI's; nothing is fetched here."""
     folders = folder_paths.folder_names_and_paths
     for index, spec in enumerate(explicit):
         if spec.folder not in folders or spec.folder in ("custom_nodes", "configs"):
@@ -485,18 +660,23 @@ def plan(
                 f"(e.g. {', '.join(sorted(f for f in folders if f != 'custom_nodes')[:8])})",
             )
     specs = {spec.url: spec for spec in explicit}
+    rewritten = dict(workflow)
     for node_id, node in workflow.items():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if not isinstance(inputs, dict):
             continue
+        names: dict[str, str] = {}
         for name, value in inputs.items():
             if not isinstance(value, str) or not value.startswith(MODEL_URL_SCHEMES):
                 continue
             class_type = node.get("class_type")
+            options = _choices(node_classes, class_type, name)
+            if options is None:
+                continue  # not a list to choose from: the URL is text
             where = f"node {node_id} ({class_type}) input {name}"
             spec = specs.get(value)
             if spec is None:
-                folder = _folder_of(class_type, name, node_classes, folder_paths)
+                folder = _folder_of(class_type, name, options, folder_paths)
                 if folder is None:
                     raise JobError(
                         "invalid_input",
@@ -505,8 +685,10 @@ def plan(
                     )
                 spec = ModelSpec(value, folder, check_name(name_from_url(value), where))
                 specs[value] = spec
-            inputs[name] = spec.name
-    return list(specs.values())
+            names[name] = spec.name
+        if names:
+            rewritten[node_id] = {**node, "inputs": {**inputs, **names}}
+    return list(specs.values()), rewritten
 
 
 def mentions_url(workflow: Mapping[str, Any]) -> bool:
@@ -536,19 +718,28 @@ def register(cache: ModelCache, folder_paths: Any, folders: Sequence[str]) -> No
             folder_paths.add_model_folder_path(folder, str(path))
 
 
-def _folder_of(
-    class_type: Any, name: str, node_classes: Mapping[str, Any], folder_paths: Any
-) -> str | None:
+def _choices(node_classes: Mapping[str, Any], class_type: Any, name: str) -> list[Any] | None:
+    """The options of ``class_type``'s combo input ``name`` (a V1 list, or a V3
+    ``("COMBO", {"options": [...]})``); None for any other input, or an unknown node."""
+    try:
+        types = node_classes[class_type].INPUT_TYPES()
+        entry = {**types.get("required", {}), **types.get("optional", {})}[name]
+    except Exception:  # an unknown class, or a node pack's INPUT_TYPES that fails
+        return None
+    kind = entry[0] if isinstance(entry, (list, tuple)) and entry else None
+    if isinstance(kind, list):
+        return kind
+    extra = entry[1] if kind == "COMBO" and len(entry) > 1 else None
+    options = extra.get("options") if isinstance(extra, dict) else None
+    return options if isinstance(options, list) else None
+
+
+def _folder_of(class_type: Any, name: str, options: list[Any], folder_paths: Any) -> str | None:
+    """The model folder a combo input lists: known loaders by name, any other by the
+    folder whose file list its options are."""
     folder = _FOLDER_OF_CLASS_INPUT.get((class_type, name)) or _FOLDER_OF_INPUT.get(name)
-    if folder is not None:
+    if folder is not None or not options:
         return folder
-    try:  # a loader we do not know: the folder whose file list is this input's choices
-        spec = node_classes[class_type].INPUT_TYPES()
-        options = {**spec.get("required", {}), **spec.get("optional", {})}[name][0]
-    except Exception:
-        return None
-    if not isinstance(options, list) or not options:
-        return None
     matches = [
         folder
         for folder in folder_paths.folder_names_and_paths

@@ -50,6 +50,66 @@ def png_text(png: bytes) -> str:
         return json.dumps(getattr(image, "text", {}) or image.info, default=str)
 
 
+def gif_bytes(width: int, height: int, frames: int) -> bytes:
+    """A GIF whose canvas is ``width`` x ``height`` and whose every frame draws one pixel:
+    18 bytes a frame here, the whole canvas per frame once decoded."""
+    screen = struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    delay = b"\x21\xf9\x04\x00\x01\x00\x00\x00"
+    one_pixel = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return b"GIF89a" + screen + (delay + one_pixel) * frames + b"\x3b"
+
+
+# -- a server that trickles -----------------------------------------------------------------
+
+
+#: One byte this often: far inside any per-operation timeout of these tests (5 s).
+EVERY_S = 0.2
+
+
+class Trickle:
+    """Answers every request slowly, for ``limit_s`` at most: ``…/body…`` sends its headers
+    (100 000 bytes promised) and then one body byte every ``EVERY_S``; ``/headers…`` sends
+    the status line and then one header byte every ``EVERY_S``. ``hung_up`` is set when a
+    client went away (a send failed)."""
+
+    def __init__(self, limit_s: float = 8.0) -> None:
+        self.limit_s = limit_s
+        self.hung_up = threading.Event()
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(65536).split(b" ", 2)[1]
+            if b"/body" in path:
+                head, drip = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"\0"
+            else:
+                head, drip = b"HTTP/1.1 200 OK\r\nX-Slow: ", b"x"
+            end = time.monotonic() + self.limit_s
+            try:
+                conn.sendall(head)
+                while time.monotonic() < end and not self._stop.is_set():
+                    time.sleep(EVERY_S)
+                    conn.sendall(drip)
+            except OSError:
+                self.hung_up.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
 # -- a loopback web server with hostile URLs -------------------------------------------------
 
 

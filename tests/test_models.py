@@ -3,19 +3,23 @@ on disk, and real ComfyUI loading what was fetched."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import workflows
+from comfyui_runpod.executor import models
+from comfyui_runpod.executor.apps import AppStore
+from comfyui_runpod.executor.errors import JobError
 from comfyui_runpod.executor.models import (
     ModelCache,
     ModelSettings,
@@ -24,21 +28,27 @@ from comfyui_runpod.executor.models import (
 )
 from s3server import S3Server, bucket_contract
 from safetensors.torch import save_file
+from servekit import ServeThread
 
 SECRET = "Bearer tok-models-0123456789"
 
 
 @dataclass
 class FileServer:
-    """Serves ``files`` on loopback with HTTP ranges, counts requests, and can misbehave:
-    ``stall`` (send headers, then nothing), ``die_after`` (close mid-body once) and
-    ``need_auth`` (401 without the secret header)."""
+    """Serves ``files`` on loopback with HTTP ranges (an ``ETag`` per content, ``If-Range``
+    honoured), counts requests, and can misbehave: ``stall`` (send headers, then nothing),
+    ``die_after`` (close mid-body once), ``need_auth`` (401 without the secret header),
+    ``no_length`` (no ``Content-Length``: the body ends with the connection) and
+    ``bad_range`` (a 206 that starts at 0 whatever the range asked)."""
 
     files: dict[str, bytes]
     stall: set[str] = field(default_factory=set)
     die_after: dict[str, int] = field(default_factory=dict)
     need_auth: set[str] = field(default_factory=set)
+    no_length: set[str] = field(default_factory=set)
+    bad_range: set[str] = field(default_factory=set)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    if_ranges: list[str | None] = field(default_factory=list)
 
     def start(self) -> FileServer:
         server = self
@@ -57,14 +67,22 @@ class FileServer:
                     self.send_error(404)
                     return
                 data = server.files[name]
+                etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+                server.if_ranges.append(self.headers.get("If-Range"))
                 start = 0
-                if self.headers.get("Range"):
+                if self.headers.get("Range") and self.headers.get("If-Range") in (None, etag):
                     start = int(self.headers["Range"].split("=")[1].split("-")[0])
+                    if name in server.bad_range:
+                        start = 0
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
-                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", etag)
+                if name in server.no_length:
+                    self.send_header("Connection", "close")
+                else:
+                    self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 if name in server.stall:
                     time.sleep(5)
@@ -358,3 +376,230 @@ def test_a_boot_manifest_fills_the_cache_before_the_first_job(
     broken.write_text("models:\n  - url: ftp://x/y.safetensors\n    folder: loras\n")
     with pytest.raises(Exception, match=r"broken.yaml: models\[0\].url"):
         read_manifest(broken)
+
+
+# -- the cache cap, resumes and metadata (issue 22) --------------------------------------------
+
+
+def cache_bytes(cache_dir: Path) -> int:
+    """Every byte the cache holds on disk but locks and metadata: partial downloads too."""
+    return sum((cache_dir / name).stat().st_size for name in leftovers(cache_dir))
+
+
+def test_the_cap_holds_without_a_content_length(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    size = len(files["tiny.safetensors"])
+    web.no_length.add("tiny.safetensors")
+    cache = ModelCache(ModelSettings(cache_dir, max_cache_bytes=size // 2, allow_private_urls=True))
+    spec = ModelSpec(web.url("tiny.safetensors"), "checkpoints", "tiny.safetensors")
+    with pytest.raises(JobError) as caught:
+        cache.ensure(spec)
+    assert caught.value.code == "model_too_large"
+    assert "cannot fit the" in caught.value.message and "model cache" in caught.value.message
+    assert leftovers(cache_dir) == []  # stopped at the cap, and nothing kept to resume
+
+    # A length-less file that fits is fetched.
+    small = ModelSpec(web.url("style.safetensors"), "loras", "style.safetensors")
+    web.no_length.add("style.safetensors")
+    assert cache.ensure(small) is True
+    assert cache.path_of(small).read_bytes() == files["style.safetensors"]
+
+
+def test_partial_downloads_count_toward_the_cap(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    web.files.update({f"m{i}.safetensors": lora_bytes(20 + i) for i in range(3)})
+    size = len(web.files["m0.safetensors"])
+    cap = 2 * size + size // 2  # room for two files
+    cache = ModelCache(ModelSettings(cache_dir, max_cache_bytes=cap, allow_private_urls=True))
+    a, b, c = (
+        ModelSpec(web.url(f"m{i}.safetensors"), "loras", f"m{i}.safetensors") for i in range(3)
+    )
+    cache.ensure(a)
+    web.die_after["m1.safetensors"] = size - 10  # b dies near its end: a partial stays
+    with pytest.raises(JobError, match="model_download_failed"):
+        cache.ensure(b)
+    assert leftovers(cache_dir) == [f".partial/{models._key(b)}", "loras/m0.safetensors"]
+    with cache.in_use([a]):
+        cache.ensure(c)
+    assert cache_bytes(cache_dir) <= cap
+    assert cache.path_of(a).is_file() and cache.path_of(c).is_file()
+    assert cache.size() == cache_bytes(cache_dir)
+
+
+def test_a_resume_only_continues_the_same_source(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    cache = ModelCache(ModelSettings(cache_dir, allow_private_urls=True))
+    other = files["other.safetensors"]
+    signed = web.url("tiny.safetensors", "?X-Signature=hidden")
+    spec = ModelSpec(signed, "loras", "mixed.safetensors")
+    web.die_after["tiny.safetensors"] = len(other) // 2
+    with pytest.raises(JobError, match="model_download_failed"):
+        cache.ensure(spec)
+    for path in cache_dir.rglob("*"):  # the source is kept without its secret query
+        assert not path.is_file() or b"hidden" not in path.read_bytes()
+
+    # Another URL under the same name: its bytes from the start, not appended to the first.
+    moved = ModelSpec(web.url("other.safetensors"), "loras", "mixed.safetensors")
+    assert cache.ensure(moved) is True
+    assert web.requests[-1] == ("other.safetensors", None)
+    assert cache.path_of(moved).read_bytes() == other
+
+
+def test_a_resume_restarts_when_the_file_changed_on_the_server(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    cache = ModelCache(ModelSettings(cache_dir, allow_private_urls=True))
+    web.files["v.safetensors"] = files["style.safetensors"]
+    spec = ModelSpec(web.url("v.safetensors"), "loras", "v.safetensors")
+    web.die_after["v.safetensors"] = len(files["style.safetensors"]) // 2
+    with pytest.raises(JobError, match="model_download_failed"):
+        cache.ensure(spec)
+    web.files["v.safetensors"] = files["other.safetensors"]  # a new version, a new ETag
+    assert cache.ensure(spec) is True
+    assert web.if_ranges[-1] is not None  # asked for the rest only if it is the same file
+    assert cache.path_of(spec).read_bytes() == files["other.safetensors"]
+
+
+def test_a_range_answer_that_starts_elsewhere_restarts_from_zero(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    cache = ModelCache(ModelSettings(cache_dir, allow_private_urls=True))
+    data = files["style.safetensors"]
+    spec = ModelSpec(web.url("style.safetensors"), "loras", "style.safetensors")
+    web.die_after["style.safetensors"] = len(data) // 2
+    with pytest.raises(JobError, match="model_download_failed"):
+        cache.ensure(spec)
+    web.bad_range.add("style.safetensors")  # 206, but from byte 0
+    assert cache.ensure(spec) is True
+    assert cache.path_of(spec).read_bytes() == data
+    assert web.requests[-1] == ("style.safetensors", None)
+
+
+def test_a_url_written_into_a_loader_stays_in_the_shared_workflow(
+    make_pipeline, web: FileServer, files: dict[str, bytes], tiny_checkpoint: str, tmp_path
+) -> None:
+    apps = tmp_path / "apps"
+    apps.mkdir()
+    stored = lora_workflow(tiny_checkpoint, web.url("style.safetensors"))
+    (apps / "styled.json").write_text(json.dumps(stored))
+    store = AppStore(apps)
+    before = copy.deepcopy(store.apps["styled"].workflow)
+    pipeline = make_pipeline()
+    pipeline.settings = replace(pipeline.settings, apps=store)
+    result = pipeline.run_sync({"id": "app-url", "input": {"app": "styled", "params": {}}})
+    assert "error" not in result, result
+    assert store.apps["styled"].workflow == before  # the app still names its URL
+
+
+def test_a_retry_of_a_failed_download_fetches_it(
+    make_pipeline, web: FileServer, files: dict[str, bytes], tiny_checkpoint: str
+) -> None:
+    running = ServeThread(make_pipeline())
+    try:
+        workflow = lora_workflow(tiny_checkpoint, web.url("later.safetensors"))
+        code, failed = running.call("POST", "runsync", {"input": {"workflow": workflow}})
+        assert code == 200 and failed["status"] == "FAILED", failed
+        assert "HTTP 404" in failed["error"]
+        web.files["later.safetensors"] = files["style.safetensors"]  # now it is there
+        assert running.call("POST", f"retry/{failed['id']}")[0] == 200
+        done = running.wait(failed["id"], "COMPLETED", "FAILED", timeout=60)
+        assert done["status"] == "COMPLETED", done
+        assert web.hits("later.safetensors") == 2
+    finally:
+        running.stop()
+
+
+def test_a_url_in_a_text_input_is_text(
+    pipeline, web: FileServer, tiny_checkpoint: str, cache_dir: Path
+) -> None:
+    workflow = workflows.tiny_sd(tiny_checkpoint, steps=1)
+    workflow["6"]["inputs"]["text"] = "https://example.com style"
+    workflow["7"]["inputs"]["text"] = web.url("style.safetensors")
+    result = pipeline.run_sync({"id": "url-prompt", "input": {"workflow": workflow}})
+    assert "error" not in result, result
+    assert web.requests == []  # nothing fetched: a prompt is not a model
+
+
+@pytest.mark.parametrize(
+    ("model", "culprit"),
+    [
+        ({"name": "m.safetensors\n"}, "input.models[0].name: 'm.safetensors\\n' is not an allowed"),
+        ({"sha256": "ab" * 32 + "\n"}, "input.models[0].sha256 must be 64 hex digits"),
+    ],
+)
+def test_a_trailing_newline_is_refused_before_any_download(
+    pipeline, web: FileServer, tiny_checkpoint: str, model: dict[str, str], culprit: str
+) -> None:
+    spec = {"url": web.url("style.safetensors"), "folder": "loras", **model}
+    workflow = lora_workflow(tiny_checkpoint, "style.safetensors")
+    result = pipeline.run_sync({"id": "nl", "input": {"workflow": workflow, "models": [spec]}})
+    assert result["error_code"] == "invalid_input", result
+    assert culprit in result["error"]
+    assert web.requests == []
+
+
+def test_a_url_naming_a_file_with_a_newline_is_refused(
+    pipeline, web: FileServer, tiny_checkpoint: str
+) -> None:
+    workflow = lora_workflow(tiny_checkpoint, web.url("style.safetensors%0A"))
+    result = pipeline.run_sync({"id": "nl-url", "input": {"workflow": workflow}})
+    assert result["error_code"] == "invalid_input", result
+    assert "is not an allowed model file name" in result["error"]
+    assert web.requests == []
+
+
+def test_a_cached_file_without_metadata_is_checked_against_the_jobs_sha256(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    cache = ModelCache(ModelSettings(cache_dir, allow_private_urls=True))
+    data = files["style.safetensors"]
+    spec = ModelSpec(web.url("style.safetensors"), "loras", "hand.safetensors")
+    cache.path_of(spec).parent.mkdir(parents=True)
+    cache.path_of(spec).write_bytes(data[:-1] + b"!")  # put there by hand, and not that file
+    wrong = ModelSpec(spec.url, spec.folder, spec.name, hashlib.sha256(data).hexdigest())
+    with pytest.raises(JobError) as caught:
+        cache.ensure(wrong)
+    assert caught.value.code == "model_checksum_mismatch"
+    assert "in the cache has sha256" in caught.value.message
+
+    cache.path_of(spec).write_bytes(data)
+    assert cache.ensure(wrong) is False  # the right file: used, not fetched
+    assert web.requests == []
+
+
+def test_a_model_gets_its_name_only_with_its_metadata(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path
+) -> None:
+    cache = ModelCache(ModelSettings(cache_dir, allow_private_urls=True))
+    spec = ModelSpec(web.url("style.safetensors"), "loras", "style.safetensors")
+    (cache_dir / ".meta" / f"{models._key(spec)}.json").mkdir()  # the metadata cannot be written
+    with pytest.raises((JobError, OSError)):
+        cache.ensure(spec)
+    assert not cache.path_of(spec).exists()  # no file whose source nobody knows
+    assert [p.name for p in (cache_dir / ".meta").iterdir()] == [f"{models._key(spec)}.json"]
+
+
+def test_eviction_passes_over_a_file_another_process_just_removed(
+    web: FileServer, files: dict[str, bytes], cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = len(files["style.safetensors"])
+    cache = ModelCache(
+        ModelSettings(cache_dir, max_cache_bytes=2 * size + size // 2, allow_private_urls=True)
+    )
+    a, b = (ModelSpec(web.url(n), "loras", n) for n in ("style.safetensors", "other.safetensors"))
+    cache.ensure(a)
+    cache.ensure(b)
+    listed = cache._files
+
+    def raced() -> list[Path]:  # listed, then removed by another worker on the volume
+        found = listed()
+        cache.path_of(a).unlink()
+        return found
+
+    monkeypatch.setattr(cache, "_files", raced)
+    c = ModelSpec(web.url("style.safetensors"), "loras", "again.safetensors")
+    assert cache.ensure(c) is True
+    assert cache.path_of(c).is_file()
