@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ KINDS = {
     "RunPodInputChoice": "choice",
     "RunPodInputImage": "image",
 }
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" allows "\n"
 #: The "unset" values of the number nodes' own min/max/step widgets.
 _UNSET = {
     "min": {-INT_LIMIT, -FLOAT_LIMIT},
@@ -136,9 +137,13 @@ class Param:
             number = (
                 value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
             )
-            if number is None or not math.isfinite(number):
+            if number is None or (isinstance(number, float) and not math.isfinite(number)):
                 wanted = "an integer" if kind == "integer" else "a number"
                 return None, f"expected {wanted}, got {_show(value)}"
+            # Past the input nodes' own range (a huge int would overflow float() below).
+            limit = INT_LIMIT if kind == "integer" else FLOAT_LIMIT
+            if abs(number) > limit:
+                return None, f"{_show(value)} is out of range (-{limit:g}..{limit:g})"
             if kind == "integer":
                 if isinstance(number, float) and not number.is_integer():
                     return None, f"expected an integer, got {_show(value)}"
@@ -349,7 +354,7 @@ def load_app(path: Path, converter: Converter | None = None) -> App:
     """Read one app file; :class:`AppError` says what is wrong with it. A saved (UI-format)
     file needs ``converter``; without one it raises :class:`SavedApp` (converted later)."""
     name = path.stem
-    if not APP_NAME.match(name):
+    if not APP_NAME.fullmatch(name):
         raise AppError(f"{path.name}: app names are letters, digits and '_.-' (rename the file)")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -382,7 +387,7 @@ def _input_nodes(file_name: str, workflow: dict[str, Any]) -> list[InputNode]:
         inputs = node["inputs"]
         where = f"{file_name}: node {node_id} ({node['class_type']})"
         name = inputs.get("name")
-        if not isinstance(name, str) or not _PARAM_NAME.match(name):
+        if not isinstance(name, str) or not _PARAM_NAME.fullmatch(name):
             raise AppError(
                 f"{where}: name must be a parameter name (a letter or '_', then letters, "
                 f"digits, '_.-'), not {name!r}"
@@ -424,6 +429,7 @@ class AppStore:
         self.refused: dict[str, str] = {}
         #: Saved (UI-format) apps waiting for :meth:`convert_saved` (ComfyUI's nodes).
         self.saved: list[Path] = []
+        self._converting = threading.Lock()
         for path in sorted(folder.glob("*.json")):
             self._load(path, converter)
         log.info("apps from %s: %s", folder, ", ".join(self.apps) or "none")
@@ -437,15 +443,20 @@ class AppStore:
         except AppError as exc:
             log.warning("app %s refused: %s", path.stem, exc)
             self.refused[path.stem] = str(exc)
+        except Exception as exc:  # a bug one file runs into must not take the others down
+            log.exception("app %s refused: %s cannot be read", path.stem, path.name)
+            self.refused[path.stem] = f"{path.name}: cannot be read ({type(exc).__name__}: {exc})"
 
     def convert_saved(self, converter: Converter) -> None:
-        """Convert the saved (UI-format) apps now that ComfyUI's node definitions exist."""
-        pending, self.saved = self.saved, []
-        for path in pending:
-            del self.refused[path.stem]
-            self._load(path, converter)
-            if path.stem in self.apps:
-                log.info("app %s: converted from the saved (UI) format", path.stem)
+        """Convert the saved (UI-format) apps now that ComfyUI's node definitions exist
+        (each on its own: a broken one is refused, the others served)."""
+        with self._converting:  # two first app jobs at once: the second waits for it
+            pending, self.saved = self.saved, []
+            for path in pending:
+                self._load(path, converter)  # refused meanwhile: "converted once ComfyUI boots"
+                if path.stem in self.apps:
+                    del self.refused[path.stem]
+                    log.info("app %s: converted from the saved (UI) format", path.stem)
 
     def get(self, name: str) -> App:
         app = self.apps.get(name)

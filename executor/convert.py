@@ -20,8 +20,11 @@ worker converts instead of refusing. What the frontend does, and so what this do
 
 Unlike the frontend, a node whose saved widget values do not fit the installed node (a
 file saved with another version of it) is refused instead of filled in by position: a
-shifted value would run silently with the wrong settings. Nothing here imports ComfyUI:
-node classes are passed in (``NODE_CLASS_MAPPINGS``).
+shifted value would run silently with the wrong settings. A file the frontend could not
+have written (a list where an id goes, links in a loop) or that expands past the node
+limit (executor/savedgraph.py) is refused as ``invalid_input`` naming the part: files
+come from clients, and a few KB of nested subgraphs expand to millions of nodes. Nothing
+here imports ComfyUI: node classes are passed in (``NODE_CLASS_MAPPINGS``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ from .checks import unknown_node_types
 from .errors import JobError
 from .groupnodes import expand, group_name
 from .node_imports import FailedModule
-from .savedgraph import BYPASS, MUTED, Link, parse_links
-from .widgets import widgets_of
+from .savedgraph import BYPASS, MAX_NODES, MUTED, Budget, Link, check_document, parse_links
+from .widgets import Widget, widgets_of
 
 #: Node types that exist only in the frontend: never in the prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
@@ -68,25 +71,38 @@ class _Converter:
         document: Mapping[str, Any],
         node_classes: Mapping[str, Any],
         display_names: Mapping[str, str],
+        max_nodes: int,
     ) -> None:
         self.node_classes = node_classes
         self.display_names = display_names
+        self.budget = Budget(max_nodes)
         definitions = document.get("definitions") or {}
-        self.subgraphs = {
-            s.get("id"): s for s in definitions.get("subgraphs") or [] if isinstance(s, Mapping)
-        }
-        nodes = {n.get("id"): n for n in document.get("nodes") or [] if isinstance(n, Mapping)}
+        self.subgraphs = {s["id"]: s for s in definitions.get("subgraphs") or []}
+        self.budget.add(document["nodes"])
+        nodes = {n["id"]: n for n in document["nodes"]}
         links = parse_links(document.get("links"))
-        self.groups = (document.get("extra") or {}).get("groupNodes") or {}
+        groups = (document.get("extra") or {}).get("groupNodes")
+        self.groups: Mapping[str, Any] = groups if isinstance(groups, Mapping) else {}
         self.mismatched: list[dict[str, Any]] = []
-        if isinstance(self.groups, Mapping) and self.groups:
-            nodes, links, self.mismatched = expand(nodes, links, self.groups, node_classes)
+        if self.groups:
+            nodes, links, self.mismatched = expand(
+                nodes, links, self.groups, node_classes, self.budget
+            )
         self.root = _Graph(nodes, links)
+        #: Each subgraph instance by (id of the graph it is in, its node id there).
+        self.instances: dict[tuple[int, Any], _Graph] = {}
+        #: Links of each definition, parsed once however often it is used.
+        self._links: dict[Any, dict[Any, Link]] = {}
+        #: What each walk state resolves to (see :meth:`resolve_output`).
+        self._resolved: dict[tuple[int, Any, int, Any], Any] = {}
+        #: Each node type's widgets (``INPUT_TYPES()`` may list a folder), per conversion.
+        self._widgets: dict[str, list[Widget] | None] = {}
         self.graphs = self._flatten(self.root, depth=0)
 
     def _flatten(self, graph: _Graph, depth: int) -> list[_Graph]:
         """This graph and every subgraph instance under it (a subgraph used twice is two
-        instances, as in the frontend)."""
+        instances, as in the frontend), counted against the size limit before each is
+        built: nested subgraphs grow exponentially."""
         if depth > 32:
             raise JobError("invalid_input", "input.workflow: subgraphs nest more than 32 deep")
         found = [graph]
@@ -94,14 +110,22 @@ class _Converter:
             definition = self.subgraphs.get(node.get("type"))
             if definition is None or node.get("mode") in (MUTED, BYPASS):
                 continue
+            outputs = definition.get("outputs") or []
+            self.budget.add(
+                definition.get("nodes") or [], sum(len(o.get("linkIds") or ()) for o in outputs)
+            )
+            if definition["id"] not in self._links:
+                where = f"subgraph {definition['id']} links"
+                self._links[definition["id"]] = parse_links(definition.get("links"), where)
             inner = _Graph(
-                {n.get("id"): n for n in definition.get("nodes") or []},
-                parse_links(definition.get("links")),
+                {n["id"]: n for n in definition.get("nodes") or []},
+                self._links[definition["id"]],
                 prefix=f"{graph.prefix}{node_id}:",
                 parent=graph,
                 instance=node,
                 definition=definition,
             )
+            self.instances[(id(graph), node_id)] = inner
             found.extend(self._flatten(inner, depth + 1))
         return found
 
@@ -109,58 +133,74 @@ class _Converter:
 
     def resolve_input(self, graph: _Graph, node: Mapping[str, Any], slot: int) -> Any:
         """None (nothing: a widget value stays), ``("value", v)`` or ``("link", id, slot)``."""
-        inputs = node.get("inputs") or []
-        if not 0 <= slot < len(inputs):
-            return None
-        link = graph.links.get(inputs[slot].get("link"))
+        link = _link_into(graph, node, slot)
         if link is None:
             return None
-        return self.resolve_output(graph, link.origin_id, link.origin_slot, link.type, 0)
+        return self.resolve_output(graph, link.origin_id, link.origin_slot, link.type)
 
-    def resolve_output(self, graph: _Graph, origin_id: Any, slot: int, kind: Any, hops: int) -> Any:
-        if hops > 1000:  # a reroute or bypass loop
-            return None
+    def resolve_output(self, graph: _Graph, origin_id: Any, slot: int, kind: Any) -> Any:
+        """What output ``slot`` of ``origin_id`` is, through reroutes, bypassed nodes and
+        subgraph boundaries: walked in a loop (a chain of hundreds of reroutes is no
+        deeper a recursion than one), every state remembered, so a chain shared by many
+        inputs is walked once and a loop is named instead of followed."""
+        walked: set[tuple[int, Any, int, Any]] = set()
+        step: Any = ("next", graph, origin_id, slot, kind)
+        while step is not None and step[0] == "next":
+            _, graph, origin_id, slot, kind = step
+            state = (id(graph), origin_id, slot, kind)
+            if state in self._resolved:
+                step = self._resolved[state]
+                break
+            if state in walked:
+                node_type = (graph.nodes.get(origin_id) or {}).get("type")
+                raise JobError(
+                    "invalid_input",
+                    f"input.workflow: node {graph.full_id(origin_id)} ({node_type}): its links "
+                    "go round in a loop (through reroutes or bypassed nodes), so what it passes "
+                    "on has no source: link one of them to a real node",
+                )
+            walked.add(state)
+            step = self._step(graph, origin_id, slot, kind)
+        for state in walked:
+            self._resolved[state] = step
+        return step
+
+    def _step(self, graph: _Graph, origin_id: Any, slot: int, kind: Any) -> Any:
+        """One hop of :meth:`resolve_output`: a result, or ``("next", graph, origin_id,
+        slot, kind)`` to go on from."""
         if origin_id == SUBGRAPH_INPUT:
             if graph.parent is None or graph.instance is None:
                 return None
-            return self.resolve_input(graph.parent, graph.instance, slot)
+            link = _link_into(graph.parent, graph.instance, slot)
+            if link is None:
+                return None
+            return ("next", graph.parent, link.origin_id, link.origin_slot, link.type)
         node = graph.nodes.get(origin_id)
         if node is None:
             return None
         node_type = node.get("type")
         if node_type == "Reroute":
-            return self._through(graph, node, 0, kind, hops)
+            return _through(graph, node, 0, kind)
         if node_type == "PrimitiveNode":
             values = node.get("widgets_values") or []
-            return ("value", values[0]) if values else None
+            return ("value", values[0]) if isinstance(values, list) and values else None
         if node_type in FRONTEND_ONLY or node.get("mode") == MUTED:
             return None  # a muted node gives nothing: a widget keeps its own value
         if node.get("mode") == BYPASS:
             index = _bypass_slot(node, slot, kind)
-            return None if index is None else self._through(graph, node, index, kind, hops)
+            return None if index is None else _through(graph, node, index, kind)
         definition = self.subgraphs.get(node_type)
         if definition is not None:
-            inner = next((g for g in self.graphs if g.parent is graph and g.instance is node), None)
+            inner = self.instances.get((id(graph), origin_id))
             outputs = definition.get("outputs") or []
             if inner is None or not 0 <= slot < len(outputs):
                 return None
             for link_id in outputs[slot].get("linkIds") or []:
                 link = inner.links.get(link_id)
                 if link is not None:
-                    return self.resolve_output(
-                        inner, link.origin_id, link.origin_slot, link.type, hops + 1
-                    )
+                    return ("next", inner, link.origin_id, link.origin_slot, link.type)
             return None
         return ("link", graph.full_id(origin_id), slot)
-
-    def _through(
-        self, graph: _Graph, node: Mapping[str, Any], index: int, kind: Any, hops: int
-    ) -> Any:
-        inputs = node.get("inputs") or []
-        link = graph.links.get(inputs[index].get("link")) if index < len(inputs) else None
-        if link is None:
-            return None
-        return self.resolve_output(graph, link.origin_id, link.origin_slot, kind, hops + 1)
 
     # -- the prompt ------------------------------------------------------------------------
 
@@ -234,9 +274,13 @@ class _Converter:
         self, full_id: str, node: Mapping[str, Any], mismatched: list[dict[str, Any]]
     ) -> dict[str, Any]:
         node_type = node.get("type")
-        try:
-            widgets = widgets_of(self.node_classes[node_type], node_type)
-        except Exception:  # a broken node: ComfyUI's validation names it
+        if node_type not in self._widgets:
+            try:
+                self._widgets[node_type] = widgets_of(self.node_classes[node_type], node_type)
+            except Exception:  # a broken node: ComfyUI's validation names it
+                self._widgets[node_type] = None
+        widgets = self._widgets[node_type]
+        if widgets is None:
             return {}
         values = node.get("widgets_values")
         if isinstance(values, Mapping):  # some packs save {name: value}
@@ -265,6 +309,18 @@ class _Converter:
             for w, value in zip(saved, values, strict=True)
             if w.in_prompt and value is not None
         }
+
+
+def _link_into(graph: _Graph, node: Mapping[str, Any], slot: int) -> Link | None:
+    """The link into input ``slot`` of ``node`` (None: unlinked, or no such input)."""
+    inputs = node.get("inputs") or []
+    return graph.links.get(inputs[slot].get("link")) if 0 <= slot < len(inputs) else None
+
+
+def _through(graph: _Graph, node: Mapping[str, Any], index: int, kind: Any) -> Any:
+    """The hop through a reroute or bypassed node: on from what feeds its input ``index``."""
+    link = _link_into(graph, node, index)
+    return None if link is None else ("next", graph, link.origin_id, link.origin_slot, kind)
 
 
 def _bypass_slot(node: Mapping[str, Any], slot: int, kind: Any) -> int | None:
@@ -304,15 +360,19 @@ def convert(
     node_classes: Mapping[str, Any],
     display_names: Mapping[str, str] | None = None,
     failed_modules: Sequence[FailedModule] = (),
+    max_nodes: int = MAX_NODES,
 ) -> dict[str, Any]:
     """The API prompt the frontend's ``graphToPrompt()`` makes of a saved workflow.
 
     Raises :class:`JobError` ``validation_failed`` naming every unknown node type at once,
-    or every node whose saved widget values do not fit the installed node.
+    or every node whose saved widget values do not fit the installed node;
+    ``invalid_input`` for a malformed document, a link loop, or one that expands to more
+    than ``max_nodes`` nodes.
     """
     if not isinstance(document.get("nodes"), list):
         raise JobError("invalid_input", "input.workflow: a saved workflow's nodes must be a list")
-    converter = _Converter(document, node_classes, display_names or {})
+    check_document(document)
+    converter = _Converter(document, node_classes, display_names or {}, max_nodes)
     converter.check_types(failed_modules)
     prompt = converter.prompt()
     if not prompt:
@@ -343,7 +403,9 @@ class DisplayNames(Mapping[str, str]):
         return len(self.node_classes)
 
 
-def converter_for(comfy: Any) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+def converter_for(
+    comfy: Any, max_nodes: int = MAX_NODES
+) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     """``convert`` bound to a booted ComfyUI (executor/boot.py ``Comfy``): its node
     classes, display names and the node modules that failed to import."""
     nodes = comfy.nodes
@@ -351,6 +413,6 @@ def converter_for(comfy: Any) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
     failed = getattr(comfy, "failed_modules", ())
 
     def run(document: Mapping[str, Any]) -> dict[str, Any]:
-        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed)
+        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed, max_nodes)
 
     return run

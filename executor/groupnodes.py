@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import JobError
-from .savedgraph import BYPASS, MUTED, Link
+from .savedgraph import BYPASS, MUTED, Budget, Link, check_nodes
 from .widgets import (
     SEED_NAMES,
     Widget,
@@ -221,13 +221,14 @@ def expand(
     links: dict[Any, Link],
     groups: Mapping[str, Any],
     node_classes: Mapping[str, Any],
+    budget: Budget,
 ) -> tuple[dict[Any, dict[str, Any]], dict[Any, Link], list[dict[str, Any]]]:
     """The root graph with every running group node replaced by its inner nodes.
 
     Returns (nodes, links, mismatches): a group node whose saved widget values do not fit
     its definition's layout is listed and left packed, like a node saved with another
     version. Muted and bypassed group nodes stay packed: the converter drops or bypasses
-    them as any node.
+    them as any node. Each instance's nodes count against ``budget`` before they are made.
     """
     layouts: dict[str, Layout] = {}
     nodes, links = dict(nodes), dict(links)
@@ -237,6 +238,10 @@ def expand(
         definition = groups.get(name) if name is not None else None
         if not isinstance(definition, Mapping) or instance.get("mode") in (MUTED, BYPASS):
             continue
+        if name not in layouts:
+            graph = f"group node {group_id} ({instance.get('type')}) in extra.groupNodes: "
+            check_nodes(definition.get("nodes"), graph, ids=False)
+        budget.add(definition.get("nodes") or [])
         try:
             found = layouts[name] = layouts.get(name) or layout(definition, node_classes)
             values = instance.get("widgets_values")
@@ -295,12 +300,13 @@ def _unpack(
         if not isinstance(raw, list) or len(raw) < 4 or raw[0] is None:
             continue
         origin, oslot, target, tslot = raw[:4]
+        if not all(isinstance(i, int) for i in raw[:4]):
+            raise TypeError(f"link {raw[:4]!r:.60}: indexes and slots must be integers")
         if not (0 <= origin < len(inner_ids) and 0 <= target < len(inner_ids)):
             continue
         link_id = f"{group_id}:link:{count}"
-        links[link_id] = Link(
-            inner_ids[origin], oslot, inner_ids[target], tslot, raw[5] if len(raw) > 5 else None
-        )
+        kind = raw[5] if len(raw) > 5 and isinstance(raw[5], str) else None
+        links[link_id] = Link(inner_ids[origin], oslot, inner_ids[target], tslot, kind)
         _plug(nodes[inner_ids[target]], tslot, link_id)
     for (index, slot), name in found.inputs.items():
         outer = links.get(by_name.get(name))

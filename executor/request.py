@@ -11,7 +11,6 @@ ComfyUI's node definitions.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -34,9 +33,10 @@ DEFAULT_TTL_MS = 24 * 3600 * 1000
 MAX_INPUT_DEPTH = 64
 #: The same bound for a whole saved workflow (subgraph definitions add a few levels).
 MAX_SAVED_DEPTH = 96
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
+#: Names are checked with ``fullmatch``: ``$`` also matches before a final newline.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,127}")
 #: An app's name: its file name in the apps folder, without ``.json``.
-APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,10 @@ def job_from_document(document: Any) -> Any:
     return {"input": {"workflow": document}}
 
 
-def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
+def parse_job(
+    job: Any, environ: Mapping[str, str] = os.environ, *, allow_private_urls: bool = False
+) -> JobRequest:
+    """``allow_private_urls``: the job's own bucket endpoint may be a private address."""
     if not isinstance(job, Mapping):
         raise JobError("invalid_input", "the request body must be a JSON object")
     job_id = str(job.get("id") or "local")
@@ -117,7 +120,9 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
     if not isinstance(raw, Mapping):
         raise JobError("invalid_input", 'the job has no "input" object: send {"input": {...}}')
     try:
-        bucket = resolve_bucket(raw.get("tobucket"), job.get("s3Config"), environ)
+        bucket = resolve_bucket(
+            raw.get("tobucket"), job.get("s3Config"), environ, allow_private=allow_private_urls
+        )
     except StorageError as exc:
         raise JobError("invalid_input", str(exc)) from None
     app = _parse_app(raw.get("app"))
@@ -144,7 +149,7 @@ def parse_job(job: Any, environ: Mapping[str, str] = os.environ) -> JobRequest:
 def _parse_app(value: Any) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not APP_NAME.match(value):
+    if not isinstance(value, str) or not APP_NAME.fullmatch(value):
         raise JobError(
             "invalid_input",
             f"input.app must be an app name (letters, digits, '_.-'), not {value!r}",
@@ -250,7 +255,7 @@ def _deeper_than(value: Any, limit: int) -> bool:
 
 def safe_file_name(name: Any, where: str) -> str:
     """A plain file name: no folders, no ``..``, no control characters."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise JobError(
             "invalid_input",
             f"{where}: {name!r} is not an allowed file name (letters, digits, '._- ', no "
@@ -326,10 +331,11 @@ def _milliseconds(value: Any, name: str) -> float | None:
     if value is None:
         return None
     valid = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not valid or not math.isfinite(value) or not 0 < value <= MAX_POLICY_MS:
+    # The range first: a 400-digit int overflows float() (and so math.isfinite); NaN fails it.
+    if not valid or not 0 < value <= MAX_POLICY_MS:
         raise JobError(
             "invalid_input",
-            f"policy.{name} must be milliseconds in 1..{MAX_POLICY_MS}, not {value!r}",
+            f"policy.{name} must be milliseconds in 1..{MAX_POLICY_MS}, not {value!r:.40}",
         )
     return float(value)
 

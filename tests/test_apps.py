@@ -132,6 +132,91 @@ def test_a_saved_ui_format_app_is_converted_once_comfyui_is_up(
     assert result["error"].startswith("invalid_input: app 'empty' cannot be served")
 
 
+def test_a_broken_saved_app_is_refused_alone(app_pipeline: Pipeline, tmp_path: Path) -> None:
+    """A saved app whose ``definitions`` is a list, next to a good one: jobs for the good
+    one run, jobs for the broken one get ``invalid_input`` naming it and its file."""
+    folder = tmp_path / "apps"
+    folder.mkdir()
+    oracle = Path(__file__).parent / "oracle" / "cases"
+    saved = json.loads((oracle / "primitive_node.json").read_text())["workflow"]
+    (folder / "broken.json").write_text(json.dumps({**saved, "definitions": ["x"]}))
+    (folder / "ui.json").write_text(json.dumps(saved))
+    store = AppStore(folder)
+    app_pipeline.settings.apps = store
+    broken = app_pipeline.run_sync(app_job("broken"))
+    assert broken["error"].startswith("invalid_input: app 'broken' cannot be served: broken.json")
+    assert "definitions: must be an object" in broken["error"]
+    result = app_pipeline.run_sync(app_job("ui"))
+    assert "error" not in result, result
+
+
+def test_a_converter_bug_in_one_saved_app_spares_the_others(tmp_path: Path) -> None:
+    """Whatever a converter raises for one file, the others are converted."""
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"nodes": [], "links": [], "n": name}))
+    store = AppStore(tmp_path)
+
+    def convert(document: dict) -> dict:
+        if document["n"] == "b":
+            raise KeyError("surprise")
+        return {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+    store.convert_saved(convert)
+    assert sorted(store.apps) == ["a", "c"] and not store.saved
+    assert store.refused == {"b": "b.json: cannot be read (KeyError: 'surprise')"}
+
+
+def test_numbers_past_any_range_are_bad_params(app_pipeline: Pipeline) -> None:
+    """A 400-digit integer overflowed float(): an internal_error instead of a named param."""
+    result = app_pipeline.run_sync(app_job("color", color=10**400, size=-(10**400)))
+    assert result["error"].startswith("invalid_input: app 'color': bad params: ")
+    assert "color: 1000000000000000000000000000000000000... is out of range" in result["error"]
+    assert "size: -100000000000000000000000000000000000... is out of range" in result["error"]
+    echo = app_pipeline.run_sync(app_job("echo", picture=png((1, 2, 3)), strength=10**400))
+    assert "strength: 1000000000000000000000000000000000000... is out of range" in echo["error"]
+
+
+def test_names_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    """``$`` matches before a final newline: app and parameter names are full matches."""
+    (tmp_path / "bad\n.json").write_text(json.dumps({"nodes": [], "links": []}))
+    param = json.loads((APPS / "color.json").read_text())
+    param["11"]["inputs"]["name"] = "prefix\n"
+    (tmp_path / "param.json").write_text(json.dumps(param))
+    store = AppStore(tmp_path)
+    assert not store.apps
+    assert "app names are letters" in store.refused["bad\n"]
+    assert "name must be a parameter name" in store.refused["param"]
+
+
+def test_apps_whose_names_meet_get_a_schema_each(executor, tmp_path: Path, store: AppStore) -> None:
+    """``a.b`` and ``a_b`` were both ``app_a_b``: a ``oneOf`` of two equal schemas, which
+    no request can satisfy. Each app gets its own; each request validates."""
+    from jsonschema import Draft202012Validator
+    from openapi_spec_validator import validate
+
+    for name in ("a.b", "a_b", "a_b_2"):
+        (tmp_path / f"{name}.json").write_text((APPS / "color.json").read_text())
+    pipeline = Pipeline(
+        executor,
+        PipelineSettings(delivery=DeliverySettings(local_dir=tmp_path), apps=AppStore(tmp_path)),
+    )
+    running = ServeThread(pipeline)
+    try:
+        code, document = running.call("GET", "openapi.json")
+    finally:
+        running.stop()
+    assert code == 200
+    validate(document)
+    schemas = document["components"]["schemas"]
+    body = document["paths"]["/run"]["post"]["requestBody"]["content"]["application/json"]
+    keys = [ref["$ref"].rsplit("/", 1)[1] for ref in body["schema"]["oneOf"]]
+    assert keys == ["app_a_b", "app_a_b_2", "app_a_b_2_2"]
+    validator = Draft202012Validator({**body["schema"], "components": {"schemas": schemas}})
+    for name in ("a.b", "a_b", "a_b_2"):
+        validator.validate({"input": {"app": name, "params": {"color": 5}}})
+    assert not validator.is_valid({"input": {"app": "a-b", "params": {}}})
+
+
 # -- jobs ------------------------------------------------------------------------------------
 
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import savedkit
 import workflows
 from comfyui_runpod.executor import find_comfyui
 from comfyui_runpod.executor.convert import DisplayNames, convert
@@ -315,6 +317,114 @@ def test_a_saved_workflow_with_nothing_to_run_is_refused(make_pipeline) -> None:
     assert result["error_code"] == "invalid_input" and "no nodes to run" in result["error"]
 
 
+# -- hostile saved workflows ------------------------------------------------------------------
+
+
+def refusal(workflow: dict, node_classes, **kwargs) -> str:
+    """The ``invalid_input`` line converting ``workflow`` fails with."""
+    with pytest.raises(JobError) as caught:
+        convert(workflow, node_classes, **kwargs)
+    assert caught.value.code == "invalid_input", caught.value.line
+    return caught.value.line
+
+
+def test_nested_subgraphs_past_the_node_limit_are_refused_before_expanding(
+    node_classes,
+) -> None:
+    """21 levels of a subgraph used twice: 4 million nodes from 15 KB (before the limit,
+    ``serve`` grew to tens of GB and was killed). Refused at once, naming the limit and
+    how to raise it; the same shape within the limit converts."""
+    started = time.perf_counter()
+    line = refusal(savedkit.nested_subgraphs(21), node_classes)
+    assert time.perf_counter() - started < 2
+    assert "expands to more than 10000 nodes" in line
+    assert "--max-workflow-nodes (env COMFYUI_RUNPOD_MAX_WORKFLOW_NODES)" in line
+    prompt = convert(savedkit.nested_subgraphs(4), node_classes)  # 30 nodes, 16 inverts
+    assert sum(n["class_type"] == "ImageInvert" for n in prompt.values()) == 16
+    assert "more than 29 nodes" in refusal(savedkit.nested_subgraphs(4), node_classes, max_nodes=29)
+    assert convert(savedkit.nested_subgraphs(4), node_classes, max_nodes=33) == prompt
+
+
+def test_group_node_instances_count_toward_the_node_limit(node_classes) -> None:
+    workflow = saved("group_twice_v1")  # 2 instances of a 2-node group, 1 SaveImage each
+    assert convert(workflow, node_classes, max_nodes=8)
+    assert "more than 6 nodes" in refusal(workflow, node_classes, max_nodes=6)
+
+
+def test_a_long_reroute_chain_converts_and_a_loop_is_named(node_classes) -> None:
+    prompt = convert(savedkit.reroute_chain(600), node_classes)
+    assert prompt["2"]["inputs"]["images"] == ["1", 0]
+    line = refusal(savedkit.reroute_chain(5, loop=True), node_classes)
+    assert "node 104 (Reroute): its links go round in a loop" in line
+
+
+def _with(path: str, value: object) -> dict:
+    """``subgraph_middle_v1`` with the part at ``path`` (dots; digits index lists) set."""
+    workflow = saved("subgraph_middle_v1")
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    target = workflow
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    return workflow
+
+
+@pytest.mark.parametrize(
+    ("workflow", "named"),
+    [
+        (_with("definitions", ["x"]), "definitions: must be an object"),
+        (_with("definitions.subgraphs", 5), "definitions.subgraphs: must be a list"),
+        (_with("definitions.subgraphs.0", "x"), "definitions.subgraphs[0]: must be an object"),
+        (_with("definitions.subgraphs.0.id", ["x"]), "subgraphs[0]: id must be a string"),
+        (_with("definitions.subgraphs.0.nodes.0", 7), "nodes[0]: must be an object"),
+        (_with("definitions.subgraphs.0.outputs", {}), "subgraphs[0].outputs: must be a list"),
+        (_with("definitions.subgraphs.0.outputs.0.linkIds", [[5]]), "linkIds: must be"),
+        (_with("nodes.0.id", [1]), "nodes[0]: id must be a number or a string"),
+        (_with("nodes.0.type", ["EmptyImage"]), "node 1: type must be a string"),
+        (_with("nodes.0.inputs", {"width": 1}), "node 1: inputs must be a list"),
+        (_with("nodes.0.inputs.0", "width"), "node 1 input 0: must be an object"),
+        (_with("nodes.2.inputs.0.link", [7]), "node 5 input 0: link must be a number"),
+        (_with("nodes.0.widgets_values", 8), "node 1: widgets_values must be a list"),
+        (_with("links", {"7": 1}), "links: must be a list"),
+        (_with("links.0.origin_slot", "0"), "links[0]: origin_slot must be an integer"),
+        (_with("links.0.id", {}), "links[0]: id must be a number or a string"),
+        (_with("extra", "x"), "extra: must be an object"),
+        (
+            _with("definitions.subgraphs.0.links.0.target_slot", "x"),
+            "subgraph 54eead58-08e1-4782-afdc-cc36c6a57610 links[0]: target_slot",
+        ),
+    ],
+)
+def test_a_malformed_saved_document_is_named(workflow: dict, named: str, node_classes) -> None:
+    """Wrong JSON types where the frontend writes ids, lists and slots: ``invalid_input``
+    naming the part (each was a ``TypeError`` and so an ``internal_error``)."""
+    assert named in refusal(workflow, node_classes)
+
+
+def test_a_malformed_group_definition_is_named(node_classes) -> None:
+    workflow = saved("group_twice_v1")
+    workflow["extra"]["groupNodes"]["Inv"]["links"][0][1] = "0"  # a string slot
+    assert "group node 5 (workflow>Inv)" in refusal(workflow, node_classes)
+    workflow = saved("group_twice_v1")
+    workflow["extra"]["groupNodes"]["Inv"]["nodes"][1]["inputs"][0]["name"] = ["image"]
+    line = refusal(workflow, node_classes)
+    assert "group node 5 (workflow>Inv) in extra.groupNodes: node 1 input 0: name must be" in line
+
+
+def test_hostile_saved_workflows_are_invalid_input_through_the_pipeline(make_pipeline) -> None:
+    pipeline = make_pipeline()
+    for name, workflow in {
+        "bomb": savedkit.nested_subgraphs(21),
+        "loop": savedkit.reroute_chain(5, loop=True),
+        "definitions": _with("definitions", ["x"]),
+    }.items():
+        result = pipeline.run_sync({"id": name, "input": {"workflow": workflow}})
+        assert result["error_code"] == "invalid_input", (name, result)
+    result = pipeline.run_sync({"id": "chain", "input": {"workflow": savedkit.reroute_chain(600)}})
+    assert "error" not in result, result
+    assert [Path(f).name for f in result["files"]] == ["rerouted_00001_.png"]
+
+
 # -- the command line -------------------------------------------------------------------------
 
 
@@ -359,3 +469,8 @@ def test_run_command_takes_a_saved_workflow(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert "convert_s" in result["timings"]
     assert [Path(f).name for f in result["files"]] == ["rr_00001_.png"]
+    small = cli("run", "wf.json", "--out", "out", "--max-workflow-nodes", "3", cwd=tmp_path)
+    assert small.returncode == 1
+    assert "invalid_input: input.workflow: the saved workflow expands to more than 3 nodes" in (
+        small.stdout
+    )

@@ -80,6 +80,15 @@ def test_a_saved_ui_format_workflow_is_kept_for_the_pipeline_to_convert() -> Non
         ({**job(), "policy": {"executionTimeout": 10**12}}, "milliseconds in 1.."),
         ({**job(), "policy": {"executionTimeout": "5s"}}, "milliseconds"),
         ({**job(), "policy": {"executionTimeout": True}}, "milliseconds"),
+        # Past float's range: an OverflowError (HTTP 500 from serve) before.
+        ({**job(), "policy": {"executionTimeout": 10**400}}, "not 1000000000000000000000000"),
+        ({**job(), "policy": {"ttl": 10**400}}, "policy.ttl must be milliseconds in 1.."),
+        ({**job(), "policy": {"ttl": -(10**400)}}, "policy.ttl must be milliseconds in 1.."),
+        ({**job(), "policy": {"ttl": float("nan")}}, "policy.ttl must be milliseconds in 1.."),
+        # "$" matches before a final newline: names are full matches.
+        (job(images=[{"name": "in.png\n", "image": "AA=="}]), "'in.png\\n' is not an allowed"),
+        (job(files=[{"name": "a.wav\n", "file": "AA=="}]), "'a.wav\\n' is not an allowed"),
+        ({"input": {"app": "color\n"}}, "input.app must be an app name"),
     ],
 )
 def test_bad_input_names_the_culprit(payload: object, culprit: str) -> None:

@@ -93,6 +93,23 @@ def _request_schema(name: str, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _schema_names(apps: Mapping[str, Any]) -> dict[str, str]:
+    """Each app's schema name: ``app_<name>`` with dots as ``_`` (code generators take
+    schema names for class names), and ``_2``, ``_3``… where two names would meet (``a.b``
+    and ``a_b``): one schema for both would leave no request valid for either."""
+    names: dict[str, str] = {}
+    taken = {"Result", "Error", "Status"}
+    for name in apps:
+        key = base = f"app_{name}".replace(".", "_")
+        count = 1
+        while key in taken:
+            count += 1
+            key = f"{base}_{count}"
+        taken.add(key)
+        names[name] = key
+    return names
+
+
 def openapi_document(
     store: AppStore | None, node_classes: Mapping[str, Any], *, server_url: str
 ) -> dict[str, Any]:
@@ -100,9 +117,8 @@ def openapi_document(
     apps = store.apps if store is not None else {}
     schemas: dict[str, Any] = {"Result": _RESULT, "Error": _ERROR, "Status": _STATUS}
     refs = []
-    for name, app in apps.items():
-        key = f"app_{name}".replace(".", "_")
-        schemas[key] = _request_schema(name, app.schema(node_classes, dialect=False))
+    for name, key in _schema_names(apps).items():
+        schemas[key] = _request_schema(name, apps[name].schema(node_classes, dialect=False))
         refs.append({"$ref": f"#/components/schemas/{key}"})
     body = {
         "required": True,
