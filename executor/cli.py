@@ -20,6 +20,7 @@ from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
 from .provision import WHEEL_CARRIERS
 from .request import job_from_document
 from .runner import Executor
+from .savedgraph import MAX_NODES
 
 log = logging.getLogger("comfyui_runpod")
 
@@ -157,6 +158,14 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="timeout of each webhook try (default: %(default)g)",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=(os.environ.get("COMFYUI_RUNPOD_ALLOW_ORIGINS") or "").replace(",", " ").split(),
+        metavar="ORIGIN",
+        help="a web page origin (https://app.example) whose scripts may call the API; other "
+        "pages are refused (repeatable; env COMFYUI_RUNPOD_ALLOW_ORIGINS, comma-separated)",
     )
     _add_apps_option(serve)
     _add_boot_options(serve)
@@ -342,11 +351,45 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "see docs/models.md)",
     )
     group.add_argument(
+        "--model-download-timeout",
+        type=float,
+        default=float(os.environ.get("COMFYUI_RUNPOD_MODEL_DOWNLOAD_TIMEOUT") or 0) or None,
+        metavar="SECONDS",
+        help="the longest one model download may take, however slowly the server sends; a "
+        "job's executionTimeout ends it sooner (env COMFYUI_RUNPOD_MODEL_DOWNLOAD_TIMEOUT; "
+        "default: 3600)",
+    )
+    group.add_argument(
+        "--media-download-timeout",
+        type=float,
+        default=float(os.environ.get("COMFYUI_RUNPOD_MEDIA_DOWNLOAD_TIMEOUT") or 0) or None,
+        metavar="SECONDS",
+        help="the longest one input media URL download may take; a job's executionTimeout "
+        "ends it sooner (env COMFYUI_RUNPOD_MEDIA_DOWNLOAD_TIMEOUT; default: 120)",
+    )
+    group.add_argument(
         "--allow-private-urls",
         action="store_true",
         default=os.environ.get("COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS", "") in ("1", "true", "yes"),
-        help="let media and model URLs reach loopback and private addresses: trusted "
-        "networks and local testing only (env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
+        help="let media and model URLs, a job's own bucket endpoint and serve's webhooks "
+        "reach loopback and private addresses: trusted networks and local testing only "
+        "(env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
+    )
+    group.add_argument(
+        "--max-workflow-nodes",
+        type=int,
+        default=int(os.environ.get("COMFYUI_RUNPOD_MAX_WORKFLOW_NODES") or MAX_NODES),
+        metavar="N",
+        help="the most nodes a saved (UI-format) workflow may expand to, each use of a "
+        "subgraph counted (env COMFYUI_RUNPOD_MAX_WORKFLOW_NODES; default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-media-pixels",
+        type=int,
+        default=int(os.environ.get("COMFYUI_RUNPOD_MAX_MEDIA_PIXELS") or 0) or None,
+        metavar="N",
+        help="the most pixels an input image or video may decode to, all frames together "
+        "(env COMFYUI_RUNPOD_MAX_MEDIA_PIXELS; default: 134217728, ~2 GiB as float32)",
     )
 
 
@@ -363,25 +406,34 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
         cache_dir=args.model_cache or default_cache_dir(),
         max_cache_bytes=None if size is None else int(size * 1024**3),
         allow_private_urls=args.allow_private_urls,
+        **_given(download_timeout_s=args.model_download_timeout),
     )
+    media_limits = {"max_media_pixels": args.max_media_pixels} if args.max_media_pixels else {}
+    media_limits.update(_given(download_timeout_s=args.media_download_timeout))
     executor = Executor(boot_settings(args))
     comfy = executor.start()
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
     if apps is not None and apps.saved:
         from .convert import converter_for
 
-        apps.convert_saved(converter_for(comfy))
+        apps.convert_saved(converter_for(comfy, args.max_workflow_nodes))
     settings = PipelineSettings(
         delivery=DeliverySettings(local_dir=local_dir),
-        media=MediaSettings(allow_private_urls=args.allow_private_urls),
+        media=MediaSettings(allow_private_urls=args.allow_private_urls, **media_limits),
         models=models,
         apps=apps,
         compat=args.compat,
+        max_workflow_nodes=args.max_workflow_nodes,
     )
     pipeline = Pipeline(executor, settings)
     if manifest:
         pipeline.prefetch(manifest)
     return pipeline
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The settings a flag or env set (None: keep the settings' own default)."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
@@ -437,6 +489,8 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
             retention_s=args.retention,
             webhook_retry_delay_s=args.webhook_retry_delay,
             webhook_timeout_s=args.webhook_timeout,
+            allow_private_urls=args.allow_private_urls,
+            allow_origins=tuple(args.allow_origin),
         )
     except ValueError as exc:
         raise SystemExit(f"comfyui-runpod serve: {exc}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes.jobcontext import JobContext
+from ..nodes.storage import BucketConfig, EndpointRefused, check_endpoint
 from ..nodes.workflows import is_saved_format
 from . import compat, models
 from .apps import AppStore, build_prompt
@@ -30,6 +31,7 @@ from .models import ModelCache, ModelSettings, ModelSpec, default_cache_dir
 from .progress import ProgressCallback
 from .request import JobRequest, parse_job
 from .runner import Executor, Workspace
+from .savedgraph import MAX_NODES
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ class PipelineSettings:
     models: ModelSettings = field(default_factory=lambda: ModelSettings(default_cache_dir()))
     #: Results in another worker's shape (``compat.MODES``); None: this project's contract.
     compat: str | None = None
+    #: Most nodes a saved (UI-format) workflow may expand to, subgraphs and group nodes
+    #: counted per use (``--max-workflow-nodes``).
+    max_workflow_nodes: int = MAX_NODES
 
 
 class Pipeline:
@@ -70,7 +75,7 @@ class Pipeline:
         """Fetch a boot manifest's models in parallel before the first job, one progress
         line per file on stderr, so that cold starts do not pay per-job downloads."""
         comfy = self.executor.comfy
-        specs = models.plan(specs, {}, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths)
+        specs, _ = models.plan(specs, {}, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths)
         models.register(self.models, comfy.folder_paths, sorted({s.folder for s in specs}))
 
         def fetch(spec: ModelSpec) -> None:
@@ -107,19 +112,33 @@ class Pipeline:
         try:
             if self.settings.compat == compat.WORKER_COMFYUI:
                 job = compat.prepare_job(job)
-            request = parse_job(job, self.settings.environ)
+            request = parse_job(
+                job,
+                self.settings.environ,
+                allow_private_urls=self.settings.media.allow_private_urls,
+            )
+            if request.bucket is not None:
+                await asyncio.to_thread(_check_bucket, request.bucket)
+            # Downloads end by then at the latest (the job's executionTimeout, if any).
+            job_deadline = (
+                None if request.timeout_s is None else time.monotonic() + request.timeout_s
+            )
+            max_nodes = self.settings.max_workflow_nodes
             if request.workflow is not None and is_saved_format(request.workflow):
                 # A saved (UI-format) file: converted as the frontend would, before anything
-                # else sees it (overrides name the converted prompt's node ids).
+                # else sees it (overrides name the converted prompt's node ids). On a thread:
+                # a large one takes a while, and /health, cancel and ttl must not wait.
                 mark = time.perf_counter()
+                convert = converter_for(self.executor.comfy, max_nodes)
                 try:
-                    request.workflow = converter_for(self.executor.comfy)(request.workflow)
+                    request.workflow = await asyncio.to_thread(convert, request.workflow)
                 finally:
                     timings["convert_s"] = time.perf_counter() - mark
             workflow, media = request.workflow, request.media
             apps = self.settings.apps
             if request.app is not None and apps is not None and apps.saved:
-                apps.convert_saved(converter_for(self.executor.comfy))
+                convert = converter_for(self.executor.comfy, max_nodes)
+                await asyncio.to_thread(apps.convert_saved, convert)
             if request.app is not None or request.overrides:
                 # Before ComfyUI's validation: an app's params are checked against the
                 # schema its input nodes and the live node definitions give.
@@ -127,13 +146,17 @@ class Pipeline:
                 workflow, app_media = build_prompt(request, self.settings.apps, nodes)
                 media = [*media, *app_media]
             workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
-            needed = self._models_of(request, workflow)
+            needed, workflow = self._models_of(request, workflow)
             if needed:
                 mark = time.perf_counter()
                 held.enter_context(self.models.in_use(needed))  # until the run settles
                 fetches = [
                     self._threads.submit(
-                        self.models.ensure, spec, bucket=request.bucket, on_progress=on_progress
+                        self.models.ensure,
+                        spec,
+                        bucket=request.bucket,
+                        on_progress=on_progress,
+                        job_deadline=job_deadline,
                     )
                     for spec in needed
                 ]
@@ -143,7 +166,7 @@ class Pipeline:
                 mark = time.perf_counter()
                 folder = workspace.input_dir
                 busy = self._threads.submit(
-                    materialize, media, folder, self.settings.media, request.bucket
+                    materialize, media, folder, self.settings.media, request.bucket, job_deadline
                 )
                 await asyncio.wrap_future(busy)
                 timings["inputs_s"] = time.perf_counter() - mark
@@ -197,16 +220,19 @@ class Pipeline:
             if workspace is not None:
                 _cleanup_when_settled(workspace, busy)
 
-    def _models_of(self, request: JobRequest, workflow: dict[str, Any]) -> list[ModelSpec]:
+    def _models_of(
+        self, request: JobRequest, workflow: dict[str, Any]
+    ) -> tuple[list[ModelSpec], dict[str, Any]]:
         """The job's models (``input.models`` and URLs in ``workflow``'s loader inputs),
-        with the cache registered for their folders; empty (and free) for the usual job."""
+        with the cache registered for their folders, and the workflow to run (a copy that
+        names the cached files); no models (and no cost) for the usual job."""
         if not request.models and not models.mentions_url(workflow):
-            return []
+            return [], workflow
         comfy = self.executor.comfy
         nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
-        needed = models.plan(request.models, workflow, nodes, folder_paths)
+        needed, workflow = models.plan(request.models, workflow, nodes, folder_paths)
         models.register(self.models, folder_paths, sorted({spec.folder for spec in needed}))
-        return needed
+        return needed, workflow
 
     def _local_moves_are_renames(self) -> bool:
         if self._renames is None:
@@ -227,6 +253,14 @@ class Pipeline:
         if self.settings.compat == compat.WORKER_COMFYUI:
             return compat.shape_result(result)
         return result
+
+
+def _check_bucket(bucket: BucketConfig) -> None:
+    """A job's own bucket on a private address is refused before anything runs."""
+    try:
+        check_endpoint(bucket)
+    except EndpointRefused as exc:
+        raise JobError(exc.code, str(exc)) from None
 
 
 def _cleanup_when_settled(

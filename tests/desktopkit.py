@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,16 @@ class Process:
 
 
 def start_serve(
-    folder: Path, api_key: str, checkpoints: Path | None = None, port: int | None = None
+    folder: Path,
+    api_key: str,
+    checkpoints: Path | None = None,
+    port: int | None = None,
+    flags: Sequence[str] = (),
 ) -> Process:
     """``comfyui-runpod serve`` on a free port with the tests' node pack (slow and failing
-    nodes) and ``checkpoints`` as a checkpoint folder; the key from env (flags show in
-    ``ps``). Started again on the same ``folder`` and ``port``: the endpoint restarted."""
+    nodes), ``checkpoints`` as a checkpoint folder and ``flags`` added; the key from env
+    (flags show in ``ps``). Started again on the same ``folder`` and ``port``: the endpoint
+    restarted."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "comfyui_runpod", "serve", "--cpu", "--port", str(port)]
@@ -81,6 +87,7 @@ def start_serve(
         models = folder / "extra_model_paths.yaml"  # JSON is YAML
         models.write_text(json.dumps({"tests": {"checkpoints": str(checkpoints)}}))
         command += ["--extra-model-paths", str(models)]
+    command += flags
     env = {**os.environ, "COMFYUI_RUNPOD_API_KEY": api_key}
     log = folder / "serve.log"
     with log.open("a") as handle:  # a restart's log follows the first run's
