@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
-from .netguard import ALLOW_FLAG, PrivateAddress, URLRefused, checked_socket, redact, resolve_checked
+from .netguard import (
+    ALLOW_FLAG,
+    PrivateAddress,
+    URLRefused,
+    checked_socket,
+    redact,
+    resolve_checked,
+)
 
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3 rejects presigned URLs valid for longer (SigV4)
 
