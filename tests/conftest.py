@@ -18,7 +18,7 @@ from comfyui_runpod.executor.inputs import MediaSettings
 from comfyui_runpod.executor.models import ModelSettings
 from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
-pytest_plugins = ["s3server"]
+pytest_plugins = ["s3server", "servekit"]
 
 TESTS = Path(__file__).resolve().parent
 #: ``gpu`` boots the session's ComfyUI on CUDA (``make gpu-check`` runs the executor,

@@ -59,22 +59,15 @@ def gif_bytes(width: int, height: int, frames: int) -> bytes:
     return b"GIF89a" + screen + (delay + one_pixel) * frames + b"\x3b"
 
 
-# -- a server that trickles -----------------------------------------------------------------
+# -- raw TCP servers that misbehave -------------------------------------------------------------
 
 
-#: One byte this often: far inside any per-operation timeout of these tests (5 s).
-EVERY_S = 0.2
+class RawServer:
+    """A loopback TCP server that runs ``_handle`` for each connection on a thread of its
+    own: the base of servers that break HTTP on purpose. ``connections`` counts them."""
 
-
-class Trickle:
-    """Answers every request slowly, for ``limit_s`` at most: ``…/body…`` sends its headers
-    (100 000 bytes promised) and then one body byte every ``EVERY_S``; ``/headers…`` sends
-    the status line and then one header byte every ``EVERY_S``. ``hung_up`` is set when a
-    client went away (a send failed)."""
-
-    def __init__(self, limit_s: float = 8.0) -> None:
-        self.limit_s = limit_s
-        self.hung_up = threading.Event()
+    def __init__(self) -> None:
+        self.connections = 0
         self._sock = socket.create_server(("127.0.0.1", 0))
         self._sock.settimeout(0.1)
         self._stop = threading.Event()
@@ -87,7 +80,34 @@ class Trickle:
                 conn, _ = self._sock.accept()
             except (TimeoutError, OSError):
                 continue
+            self.connections += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+
+# -- a server that trickles -----------------------------------------------------------------
+
+
+#: One byte this often: far inside any per-operation timeout of these tests (5 s).
+EVERY_S = 0.2
+
+
+class Trickle(RawServer):
+    """Answers every request slowly, for ``limit_s`` at most: ``…/body…`` sends its headers
+    (100 000 bytes promised) and then one body byte every ``EVERY_S``; ``/headers…`` sends
+    the status line and then one header byte every ``EVERY_S``. ``hung_up`` is set when a
+    client went away (a send failed)."""
+
+    def __init__(self, limit_s: float = 8.0) -> None:
+        self.limit_s = limit_s
+        self.hung_up = threading.Event()
+        super().__init__()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -104,10 +124,6 @@ class Trickle:
                     conn.sendall(drip)
             except OSError:
                 self.hung_up.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._sock.close()
 
 
 # -- a loopback web server with hostile URLs -------------------------------------------------
@@ -206,28 +222,14 @@ def assert_no_secrets(records: Iterable[logging.LogRecord], *texts: Any) -> int:
 # -- receivers and broken servers --------------------------------------------------------------
 
 
-class Dropper:
+class Dropper(RawServer):
     """A TCP server that accepts, reads a little of each request, then resets the
     connection: an S3 endpoint (or webhook receiver) failing mid-request. ``hang=True``
     reads and then says nothing until the client gives up (at most 5 s)."""
 
     def __init__(self, hang: bool = False) -> None:
-        self.connections = 0
         self._hang = hang
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            self.connections += 1
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -240,7 +242,3 @@ class Dropper:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._sock.close()

@@ -1,14 +1,17 @@
 """``serve`` in-process for the endpoint tests: the real app on a loopback port, on a
-thread of its own, with helpers to call it and wait for jobs."""
+thread of its own, with helpers to call it and wait for jobs; the ``serve`` fixture starts
+them (a pytest plugin of ``conftest.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from comfyui_runpod.executor.endpoint import Server, ServeSettings, make_app
 from comfyui_runpod.executor.pipeline import Pipeline
 from httpkit import http
@@ -76,3 +79,17 @@ class ServeThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+@pytest.fixture
+def serve(make_pipeline: Callable[..., Pipeline]) -> Iterator[Callable[..., ServeThread]]:
+    """Start a server (``ServeSettings`` overrides as keywords); stopped after the test."""
+    started: list[ServeThread] = []
+
+    def start(**overrides: Any) -> ServeThread:
+        started.append(ServeThread(make_pipeline(), **overrides))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()

@@ -27,23 +27,6 @@ from servekit import ServeThread
 MiB = 1024 * 1024
 
 
-# -- a server on a background thread ---------------------------------------------------------
-
-
-@pytest.fixture
-def serve(make_pipeline) -> Iterator[Callable[..., ServeThread]]:
-    """Start a server (``ServeSettings`` overrides as keywords); stopped after the test."""
-    started: list[ServeThread] = []
-
-    def start(**overrides: Any) -> ServeThread:
-        started.append(ServeThread(make_pipeline(), **overrides))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop()
-
-
 def pixel(png: bytes) -> tuple[int, int, int]:
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG"

@@ -73,12 +73,13 @@ def env(s3_server: S3Server, web: str, out_dir: Path) -> Env:
 
 @pytest.fixture
 def serve_factory(pipeline_for: Callable[..., Pipeline]) -> Iterator[Callable[..., ServeThread]]:
-    """Start a ``serve`` of its own (``ServeSettings`` overrides as keywords); stopped after
-    the test."""
+    """Start a ``serve`` of its own (``ServeSettings`` overrides as keywords, ``media``
+    settings for its pipeline); stopped after the test."""
     started: list[ServeThread] = []
 
-    def start(**overrides: Any) -> ServeThread:
-        started.append(ServeThread(pipeline_for(), **{"api_key": API_KEY, **overrides}))
+    def start(media: dict[str, Any] | None = None, **overrides: Any) -> ServeThread:
+        pipeline = pipeline_for(**(media or {}))
+        started.append(ServeThread(pipeline, **{"api_key": API_KEY, **overrides}))
         return started[-1]
 
     yield start

@@ -34,7 +34,6 @@ from comfyui_runpod.nodes.storage import resolve_bucket, upload_bytes
 from httpkit import Hook, http
 from reliability_kit import pixel, png_bytes
 from s3server import S3Server, bucket_contract
-from servekit import ServeThread
 from test_inputs import PRIVATE, PUBLIC, Resolver, Site, resolver, self_signed, sites
 
 __all__ = ["resolver", "sites"]  # fixtures shared with test_inputs
@@ -86,19 +85,6 @@ def recorders() -> Iterator[tuple[Recorder, Recorder]]:
     yield pair
     for recorder in pair:
         recorder.stop()
-
-
-@pytest.fixture
-def serve(make_pipeline) -> Iterator[Any]:
-    started: list[ServeThread] = []
-
-    def start(**overrides: Any) -> ServeThread:
-        started.append(ServeThread(make_pipeline(), **overrides))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop()
 
 
 def invert_job(**request: Any) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def test_a_job_cannot_read_the_inputs_of_a_job_queued_behind_it(
 
 
 def test_a_job_cannot_read_or_upload_the_outputs_of_an_earlier_job(serve_factory, env, executor):
-    running = serve_factory()
+    running = serve_factory(media={"allow_private_urls": True})  # the moto server is on loopback
     _, victim = running.call("POST", "runsync", {"input": {"workflow": workflows.invert(0x204060)}})
     assert victim["status"] == "COMPLETED"
     [url] = victim["output"]["files"]
@@ -248,12 +248,12 @@ def test_no_secret_in_logs_results_or_files_of_bucket_jobs(
         "BUCKET_NAME": env.bucket,
     }
     results: list[Any] = []
-    running = serve_factory()
+    running = serve_factory(media={"allow_private_urls": True})  # the moto server is on loopback
     for body in bodies:
         _, answer = running.call("POST", "runsync", body)
         assert answer["status"] == "COMPLETED", answer
         results.append(answer)
-    handler = make_handler(pipeline_for(environ))
+    handler = make_handler(pipeline_for(environ, allow_private_urls=True))
     for i, body in enumerate([*bodies, {"input": {"workflow": workflows.invert(0)}}]):
         result = asyncio.run(handler({**body, "id": f"secret-{i}"}))
         assert "error" not in result, result
