@@ -138,9 +138,10 @@ def boot_executor(
     *,
     cpu: bool = True,
     custom_node_dirs: Sequence[Path] = (),
+    api_nodes: bool = True,
 ) -> Any:
     """Our in-process ComfyUI, on the CPU unless ``cpu=False`` (then CUDA), as
-    ``comfyui-runpod run/worker/serve`` boot it."""
+    ``comfyui-runpod run/worker/serve`` boot it (partner nodes unless ``api_nodes=False``)."""
     from comfyui_runpod.executor import BootSettings, Executor
 
     executor = Executor(
@@ -150,6 +151,7 @@ def boot_executor(
             comfyui_path=comfyui,
             extra_model_paths=tuple(extra_model_paths),
             custom_node_dirs=tuple(custom_node_dirs),
+            load_api_nodes=api_nodes,
         )
     )
     executor.start()
@@ -183,8 +185,8 @@ class ComfyServer:
     """ComfyUI's ``main.py`` as a child process on a loopback port.
 
     Flags: ``--cpu`` like our executor (``cpu=False``: ComfyUI's own device choice, CUDA
-    on a GPU machine); ``--disable-api-nodes`` because our executor does
-    not load API nodes either; ``--front-end-root`` pointing at an empty folder so that the
+    on a GPU machine); ``--disable-api-nodes`` only with ``api_nodes=False`` (both sides
+    load the partner nodes by default); ``--front-end-root`` pointing at an empty folder so that the
     server starts without the ``comfyui-frontend-package`` wheel (nothing here loads the UI;
     ComfyUI only logs that the templates package is missing); input/output/temp/user
     folders and an in-memory database in a private temporary folder, so the provisioned tree
@@ -195,6 +197,7 @@ class ComfyServer:
     extra_model_paths: Sequence[Path] = ()
     port: int = 0
     cpu: bool = True
+    api_nodes: bool = True
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bench-server-")))
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
@@ -220,7 +223,8 @@ class ComfyServer:
         command = [sys.executable, str(self.comfyui / "main.py")]
         command += ["--cpu"] if self.cpu else []
         command += ["--listen", "127.0.0.1", "--port", str(self.port)]
-        command += ["--disable-auto-launch", "--disable-api-nodes"]
+        command += ["--disable-auto-launch"]
+        command += [] if self.api_nodes else ["--disable-api-nodes"]
         command += ["--front-end-root", str(dirs["web"])]
         command += ["--output-directory", str(dirs["output"])]
         command += ["--temp-directory", str(dirs["temp"])]

@@ -11,9 +11,11 @@ Contenders, each a fresh process per sample, interleaved in a rotating order:
   reference worker polls every 50 ms), then one job over websocket + ``POST /prompt`` +
   ``GET /history`` (the same client as P1).
 
-Same ComfyUI tree, same model-free job, CPU, API nodes off on both sides.
+Same ComfyUI tree, same model-free job, CPU, and the same node set on both sides: partner
+(API) nodes on, the default of both ``main.py`` and ours, or off on both (``--api-nodes off``:
+``--disable-api-nodes`` / ``COMFYUI_RUNPOD_API_NODES=0``).
 
-    .venv/bin/python bench/coldstart.py [--rounds 3]
+    .venv/bin/python bench/coldstart.py [--rounds 3] [--api-nodes on|off]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -42,6 +45,9 @@ from benchlib import (
     write_report,
 )
 
+#: Read by the ``ours_script`` child as ``comfyui-runpod`` reads it: one switch, both paths.
+API_NODES_ENV = "COMFYUI_RUNPOD_API_NODES"
+
 
 def child() -> None:
     """The ``ours_script`` process: boot, one job, one JSON line on stdout, exit."""
@@ -51,7 +57,7 @@ def child() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-p2-child-"))
     try:
-        executor = boot_executor(work)
+        executor = boot_executor(work, api_nodes=os.environ.get(API_NODES_ENV) != "0")
         settings = PipelineSettings(DeliverySettings(local_dir=work / "delivered"), environ={})
         result = Pipeline(executor, settings).run_sync(
             {"id": "cold", "input": {"workflow": invert_prompt(1)}}
@@ -64,10 +70,16 @@ def child() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _ours_script(timeout_s: float) -> dict[str, Any]:
+def _env(api_nodes: bool) -> dict[str, str]:
+    return {**os.environ, API_NODES_ENV: "1" if api_nodes else "0"}
+
+
+def _ours_script(timeout_s: float, api_nodes: bool) -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--child"]
     began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(api_nodes)
+    )
     try:
         assert process.stdout is not None
         report: dict[str, Any] = {}
@@ -88,7 +100,7 @@ def _ours_script(timeout_s: float) -> dict[str, Any]:
     return {"s": elapsed, "boot_s": report["boot_s"]}
 
 
-def _ours_cli(timeout_s: float) -> dict[str, Any]:
+def _ours_cli(timeout_s: float, api_nodes: bool) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="bench-p2-cli-"))
     try:
         job = folder / "job.json"
@@ -97,7 +109,9 @@ def _ours_cli(timeout_s: float) -> dict[str, Any]:
         command = [str(cli), "run", str(job), "--cpu", "--out", str(folder / "out")]
         command += ["--work-dir", str(folder / "work")]
         began = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            command, capture_output=True, timeout=timeout_s, check=False, env=_env(api_nodes)
+        )
         elapsed = time.perf_counter() - began
         if done.returncode != 0:
             raise RuntimeError(f"comfyui-runpod run failed: {done.stderr.decode()[-2000:]}")
@@ -107,8 +121,8 @@ def _ours_cli(timeout_s: float) -> dict[str, Any]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _server(comfyui: Path, timeout_s: float) -> dict[str, Any]:
-    server = ComfyServer(comfyui)
+def _server(comfyui: Path, timeout_s: float, api_nodes: bool) -> dict[str, Any]:
+    server = ComfyServer(comfyui, api_nodes=api_nodes)
     try:
         server.spawn()
         began = server.started_at
@@ -126,13 +140,13 @@ def _server(comfyui: Path, timeout_s: float) -> dict[str, Any]:
         server.stop()
 
 
-def measure(rounds: int = 3, timeout_s: float = 300.0) -> dict[str, Any]:
+def measure(rounds: int = 3, timeout_s: float = 300.0, api_nodes: bool = True) -> dict[str, Any]:
     """``rounds`` fresh processes of each contender, in a rotating order."""
     comfyui = comfyui_tree()
     contenders = {
-        "ours_script": lambda: _ours_script(timeout_s),
-        "ours_cli": lambda: _ours_cli(timeout_s),
-        "server": lambda: _server(comfyui, timeout_s),
+        "ours_script": lambda: _ours_script(timeout_s, api_nodes),
+        "ours_cli": lambda: _ours_cli(timeout_s, api_nodes),
+        "server": lambda: _server(comfyui, timeout_s, api_nodes),
     }
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}
     names = list(contenders)
@@ -152,6 +166,7 @@ def measure(rounds: int = 3, timeout_s: float = 300.0) -> dict[str, Any]:
     results["server"]["ready_median_s"] = median("server", "ready_s")
     return {
         "rounds": rounds,
+        "api_nodes": api_nodes,
         "results": results,
         "ratios": {
             "server_over_ours": median("server") / median("ours_script"),
@@ -169,7 +184,8 @@ def render(report: dict[str, Any]) -> str:
         ("server: main.py start + 1 job (ws)", res["server"]["median_s"]),
     ]
     return (
-        f"P2 cold start, {report['rounds']} fresh processes each (median)\n\n"
+        f"P2 cold start, {report['rounds']} fresh processes each (median), partner nodes "
+        f"{'on' if report.get('api_nodes', False) else 'off'}\n\n"
         + table(["path", "seconds"], rows)
         + f"\n\nours boot {res['ours_script']['boot_median_s']:.2f} s; server ready "
         f"{res['server']['ready_median_s']:.2f} s; server/ours = "
@@ -182,6 +198,12 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--rounds", type=int, default=3)
     cli.add_argument("--timeout", type=float, default=300.0)
+    cli.add_argument(
+        "--api-nodes",
+        choices=("on", "off"),
+        default="on",
+        help="partner (API) nodes on both sides (default: on, as both boot by default)",
+    )
     cli.add_argument("--out", type=Path, default=RESULTS)
     cli.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return cli
@@ -192,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child()
         return
-    report = measure(args.rounds, args.timeout)
+    report = measure(args.rounds, args.timeout, args.api_nodes == "on")
     print(render(report))
     write_report("coldstart", report, args.out)
 

@@ -18,12 +18,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .deferred_imports import deferring
 from .locate import ComfyLocation, find_comfyui, is_comfyui_tree, read_version
 from .node_imports import FailedModule, ImportReport
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, Any], None]
+#: What ComfyUI's ``server`` imports for its HTTP server alone (0.33: the assets database,
+#: SQLAlchemy, Alembic): stand-ins until first use, as this process serves no ComfyUI HTTP.
+SERVER_ONLY = ("app.assets",)
 
 
 @dataclass
@@ -40,6 +44,9 @@ class BootSettings:
     #: Folders scanned for custom nodes besides ComfyUI's own ``custom_nodes/``.
     custom_node_dirs: tuple[Path, ...] = ()
     load_custom_nodes: bool = True
+    #: ComfyUI's partner (API) nodes (``comfy_api_nodes/``), on as in ComfyUI's server;
+    #: ``comfy_args={"disable_api_nodes": True}`` turns them off too, as in ``main.py``.
+    load_api_nodes: bool = True
 
 
 @dataclass
@@ -151,17 +158,22 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
 
     _report_dynamic_vram()
     import nodes
-    import server
+
+    with deferring(SERVER_ONLY) as deferred:
+        import server
+    log.debug("deferred until first use: %s", ", ".join(deferred()) or "nothing")
 
     headless = HeadlessServer()
     server.PromptServer.instance = headless
     _register_own_nodes(nodes)
+    api_nodes = settings.load_api_nodes and not getattr(args, "disable_api_nodes", False)
     with ImportReport(location.path).capturing() as report:
         loop.run_until_complete(
             nodes.init_extra_nodes(
-                init_custom_nodes=settings.load_custom_nodes, init_api_nodes=False
+                init_custom_nodes=settings.load_custom_nodes, init_api_nodes=api_nodes
             )
         )
+    _redact_api_request_logs()
     # ~0.5 M long-lived objects now exist: keep them out of every later full collection
     # (130-460 ms each) and out of interpreter teardown (1.5 s at `run` exit).
     gc.collect()
@@ -202,6 +214,31 @@ def _register_own_nodes(nodes: ModuleType) -> None:
         nodes.NODE_CLASS_MAPPINGS.setdefault(name, cls)
     for name, title in NODE_DISPLAY_NAME_MAPPINGS.items():
         nodes.NODE_DISPLAY_NAME_MAPPINGS.setdefault(name, title)
+
+
+#: Request headers that carry a Comfy.org credential (``comfy_api_nodes/util/_helpers.py``).
+_SECRET_HEADERS = frozenset({"authorization", "x-api-key"})
+
+
+def _redact_api_request_logs() -> None:
+    """ComfyUI's API client writes every partner-node request to ``<temp>/api_logs``;
+    before 0.33 with its headers as sent, the job's Comfy.org key among them. Redact them
+    on every version (0.33 already does: redacting twice changes nothing)."""
+    logger = sys.modules.get("comfy_api_nodes.util.request_logger")
+    write = getattr(logger, "log_request_response", None)
+    if write is None or getattr(write, "redacts_headers", False):
+        return
+
+    def redacted(*args: Any, **kwargs: Any) -> Any:
+        headers = kwargs.get("request_headers")
+        if headers:
+            kwargs["request_headers"] = {
+                k: "***" if k.lower() in _SECRET_HEADERS else v for k, v in headers.items()
+            }
+        return write(*args, **kwargs)
+
+    redacted.redacts_headers = True  # type: ignore[attr-defined]
+    logger.log_request_response = redacted  # type: ignore[union-attr]
 
 
 def _drop_missing_node_folders(folder_paths: ModuleType) -> None:
