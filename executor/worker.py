@@ -7,10 +7,12 @@ cannot be cancelled (runpod 1.12, ``rp_job.py``).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +49,14 @@ class ProgressThrottle:
             self._preview = event["preview"]
 
 
-def make_handler(pipeline: Pipeline) -> Handler:
+def make_handler(pipeline: Pipeline, environ: Mapping[str, str] = os.environ) -> Handler:
     import runpod
+
+    # The SDK posts progress to RUNPOD_WEBHOOK_POST_OUTPUT; off RunPod (its local test
+    # mode) that is unset and every update would log "Failed to return job results".
+    sends_progress = bool(environ.get(RESULT_URL_ENV))
+    if not sends_progress:
+        log.info("local test mode: progress updates are not sent (%s is unset)", RESULT_URL_ENV)
 
     async def handler(job: dict[str, Any]) -> dict[str, Any]:
         job_id = str(job.get("id", ""))
@@ -57,10 +65,45 @@ def make_handler(pipeline: Pipeline) -> Handler:
             runpod.serverless.progress_update(job, event)
 
         return await pipeline.run(
-            job, on_progress=ProgressThrottle(send), payload_limit=payload_limit_for(job_id)
+            job,
+            on_progress=ProgressThrottle(send) if sends_progress else None,
+            payload_limit=payload_limit_for(job_id),
         )
 
     return handler
+
+
+#: Set by RunPod on a serverless worker: where the SDK takes jobs from, and posts to.
+JOB_URL_ENV = "RUNPOD_WEBHOOK_GET_JOB"
+RESULT_URL_ENV = "RUNPOD_WEBHOOK_POST_OUTPUT"
+
+
+def local_job_problem(argv: list[str], environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why the runpod SDK would exit right after the boot, found before it (one line).
+
+    Off RunPod (``RUNPOD_WEBHOOK_GET_JOB`` unset) the SDK runs one job, from
+    ``--test_input`` or ``./test_input.json``, and exits (runpod 1.12, ``rp_local.py``);
+    ``--rp_serve_api`` and ``RUNPOD_REALTIME_PORT`` serve HTTP instead.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--test_input")
+    parser.add_argument("--rp_serve_api", action="store_true")
+    known, _ = parser.parse_known_args(argv)
+    if known.test_input:
+        try:
+            json.loads(known.test_input)
+        except ValueError as exc:
+            return f"--test_input is not valid JSON: {exc}"
+        return None
+    if environ.get(JOB_URL_ENV) or known.rp_serve_api or environ.get("RUNPOD_REALTIME_PORT"):
+        return None
+    if Path("test_input.json").is_file():
+        return None
+    return (
+        f"not on RunPod ({JOB_URL_ENV} is unset), so the runpod SDK runs one test job and "
+        "exits: give --test_input '{\"input\": {...}}' or put a test_input.json here; "
+        "for a local endpoint that takes jobs, run `comfyui-runpod serve`"
+    )
 
 
 def warm_up(pipeline: Pipeline, workflow_file: Path) -> None:

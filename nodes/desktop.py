@@ -138,7 +138,7 @@ class Desktop:
         body = await _json_body(request)
         prompt, workflow = body.get("prompt"), body.get("workflow")
         if not isinstance(prompt, dict) or not prompt:
-            raise ApiProblem(400, "invalid", "the request has no prompt (API-format graph)")
+            raise ApiProblem(400, "invalid", "the graph is empty: add nodes, then queue")
         count = body.get("count", 1)
         if not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
             raise ApiProblem(400, "invalid", f"count must be 1..{MAX_COUNT}")

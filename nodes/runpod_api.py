@@ -16,6 +16,9 @@ from typing import Any
 import aiohttp
 
 DEFAULT_BASE_URL = "https://api.runpod.ai/v2"
+BASE_URL_ENV = "RUNPOD_ENDPOINT_BASE_URL"
+#: Where ``comfyui-runpod serve`` answers by default.
+LOCAL_SERVE_BASE_URL = "http://127.0.0.1:8000/v2"
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
 
 StatusCallback = Callable[[dict[str, Any]], None]
@@ -56,8 +59,10 @@ class RunPodClient:
     ) -> None:
         if not endpoint_id or "/" in endpoint_id:
             raise ValueError(f"invalid endpoint id {endpoint_id!r}")
-        base = base_url or os.environ.get("RUNPOD_ENDPOINT_BASE_URL") or DEFAULT_BASE_URL
+        from_env = os.environ.get(BASE_URL_ENV)
+        base = base_url or from_env or DEFAULT_BASE_URL
         self.url = f"{base.rstrip('/')}/{endpoint_id}"
+        self._unreachable_hint = _unreachable_hint(base, given=bool(base_url), env=from_env)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._session = session
@@ -146,6 +151,12 @@ class RunPodClient:
                     answer = await response.json(content_type=None)
                 except ValueError:
                     raise RunPodError(f"{url}: not JSON: {text[:300]}") from None
+        except aiohttp.ClientConnectionError as exc:
+            if not isinstance(exc, aiohttp.ClientConnectorError):  # dropped mid-answer
+                raise RunPodError(f"{url}: {type(exc).__name__}: {exc}") from None
+            raise RunPodError(
+                f"cannot connect to {url} ({exc.strerror or exc}): {self._unreachable_hint}"
+            ) from None
         except aiohttp.ClientError as exc:
             raise RunPodError(f"{url}: {type(exc).__name__}: {exc}") from None
         if not isinstance(answer, dict):
@@ -156,3 +167,16 @@ class RunPodClient:
         if self._session is None:
             raise RuntimeError("use RunPodClient as `async with RunPodClient(...) as client`")
         return self._session
+
+
+def _unreachable_hint(base: str, *, given: bool, env: str | None) -> str:
+    """What to check when the endpoint cannot be reached, by where its base URL came from
+    (RunPod's own API is the default, so a newcomer's local test meets it first)."""
+    if given:
+        return f"base URL {base}: is the endpoint running there?"
+    if env:
+        return f"{BASE_URL_ENV}={base}: is `comfyui-runpod serve` (or the endpoint) running there?"
+    return (
+        f"{BASE_URL_ENV} is unset, so this is RunPod's API; for a local "
+        f"`comfyui-runpod serve`, start it and set {BASE_URL_ENV}={LOCAL_SERVE_BASE_URL}"
+    )

@@ -448,11 +448,12 @@ def test_convert_command_prints_one_or_writes_each_and_reports_failures(tmp_path
     assert json.loads((tmp_path / "out" / "subgraph_nested.api.json").read_text()) == expected
     assert (tmp_path / "out" / "invert_plain.api.json").is_file()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "api.api.json",
         "invert_plain.api.json",
         "subgraph_nested.api.json",
     ]
     assert "bad.json: validation_failed: " in done.stderr and "saved widget values" in done.stderr
-    assert "api.json: invalid_input: not a saved (UI-format) workflow" in done.stderr
+    assert "api.json is already in API format: passed on unchanged" in done.stderr
 
     one = cli("convert", "invert_plain.json", cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]

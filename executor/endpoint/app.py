@@ -260,7 +260,9 @@ class LocalEndpoint:
 def make_app(pipeline: Pipeline, settings: ServeSettings) -> web.Application:
     """The aiohttp application; jobs start and stop with it (startup/shutdown signals)."""
     endpoint = LocalEndpoint(pipeline, settings)
-    app = web.Application(middlewares=[_browsers(settings), _json_errors, _auth(settings.api_key)])
+    app = web.Application(
+        middlewares=[_browsers(settings), _json_errors(settings.prefix), _auth(settings.api_key)]
+    )
     app[ENDPOINT] = endpoint
     app.add_routes(endpoint.routes())
     app.on_startup.append(endpoint.on_startup)
@@ -337,21 +339,30 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-@web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is JSON, aiohttp's own too (unknown route, wrong method)."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return web.json_response({"error": exc.message}, status=exc.status)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
-        return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
-    except Exception:
-        log.exception("%s %s failed", request.method, request.path)
-        return web.json_response({"error": "internal server error"}, status=500)
+def _json_errors(prefix: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Every error is JSON, aiohttp's own too (wrong method; an unknown route names the
+    endpoint's real routes: ``GET /`` or another endpoint id is a newcomer's first try)."""
+    hint = f"this server's endpoint is {prefix}/ (POST {prefix}/runsync, GET {prefix}/health)"
+
+    @web.middleware
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return web.json_response({"error": exc.message}, status=exc.status)
+        except web.HTTPNotFound:
+            line = f"no route {request.method} {request.path}: {hint}"
+            return web.json_response({"error": line}, status=404)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return web.json_response({"error": exc.reason}, status=exc.status, headers=allow)
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal server error"}, status=500)
+
+    return answer
 
 
 #: Routes whose POST always carries a JSON body (other POSTs only when they have a body).
