@@ -124,7 +124,8 @@ def test_a_small_animated_gif_still_loads_every_frame(pipeline_for) -> None:
     for encoded in result["files"]:
         with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
             greys.append(image.convert("RGB").getpixel((0, 0))[0])
-    assert greys == [0, 40, 80, 120]
+    # ComfyUI 0.33 decodes GIFs with PyAV, whose colour conversion may round a level down.
+    assert [round(grey / 40) for grey in greys] == [0, 1, 2, 3], greys
 
 
 def test_a_video_over_the_limit_is_refused_and_one_under_it_loads(pipeline_for) -> None:
