@@ -361,8 +361,13 @@ def convert(
     display_names: Mapping[str, str] | None = None,
     failed_modules: Sequence[FailedModule] = (),
     max_nodes: int = MAX_NODES,
+    *,
+    strict: bool = True,
 ) -> dict[str, Any]:
     """The API prompt the frontend's ``graphToPrompt()`` makes of a saved workflow.
+
+    ``strict=False`` (a check job) keeps nodes of unknown types, without their widget
+    values, so that the rest of the graph can still be reported on.
 
     Raises :class:`JobError` ``validation_failed`` naming every unknown node type at once,
     or every node whose saved widget values do not fit the installed node;
@@ -373,7 +378,8 @@ def convert(
         raise JobError("invalid_input", "input.workflow: a saved workflow's nodes must be a list")
     check_document(document)
     converter = _Converter(document, node_classes, display_names or {}, max_nodes)
-    converter.check_types(failed_modules)
+    if strict:
+        converter.check_types(failed_modules)
     prompt = converter.prompt()
     if not prompt:
         raise JobError("invalid_input", "input.workflow: the saved workflow has no nodes to run")
@@ -412,7 +418,7 @@ def converter_for(
     names = DisplayNames(nodes.NODE_CLASS_MAPPINGS, nodes.NODE_DISPLAY_NAME_MAPPINGS)
     failed = getattr(comfy, "failed_modules", ())
 
-    def run(document: Mapping[str, Any]) -> dict[str, Any]:
-        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed, max_nodes)
+    def run(document: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
+        return convert(document, nodes.NODE_CLASS_MAPPINGS, names, failed, max_nodes, strict=strict)
 
     return run

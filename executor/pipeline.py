@@ -21,7 +21,7 @@ from typing import Any
 from ..nodes.jobcontext import JobContext
 from ..nodes.storage import BucketConfig, EndpointRefused, check_endpoint
 from ..nodes.workflows import is_saved_format
-from . import compat, models
+from . import compat, models, parity
 from .apps import AppStore, build_prompt
 from .convert import converter_for
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
@@ -124,14 +124,23 @@ class Pipeline:
                 None if request.timeout_s is None else time.monotonic() + request.timeout_s
             )
             max_nodes = self.settings.max_workflow_nodes
+            found = parity.Sources()  # where a saved workflow's packs and models come from
             if request.workflow is not None and is_saved_format(request.workflow):
                 # A saved (UI-format) file: converted as the frontend would, before anything
                 # else sees it (overrides name the converted prompt's node ids). On a thread:
                 # a large one takes a while, and /health, cancel and ttl must not wait.
+                found = parity.sources(request.workflow)
                 mark = time.perf_counter()
-                convert = converter_for(self.executor.comfy, max_nodes)
+                convert = functools.partial(
+                    converter_for(self.executor.comfy, max_nodes), strict=not request.check
+                )
                 try:
                     request.workflow = await asyncio.to_thread(convert, request.workflow)
+                except JobError as exc:
+                    if not request.check:
+                        raise
+                    report = parity.report({}, {}, None, found, [exc])
+                    return self._finish(job_id, {"check": report}, timings, started)
                 finally:
                     timings["convert_s"] = time.perf_counter() - mark
             workflow, media = request.workflow, request.media
@@ -145,8 +154,12 @@ class Pipeline:
                 nodes = self.executor.comfy.nodes.NODE_CLASS_MAPPINGS
                 workflow, app_media = build_prompt(request, self.settings.apps, nodes)
                 media = [*media, *app_media]
+            if request.check:
+                report = self._check(workflow, found)
+                return self._finish(job_id, {"check": report}, timings, started)
             workspace = self.executor.workspace(request.job_id)  # names only: no thread hop
-            needed, workflow = self._models_of(request, workflow)
+            named = self._named(request, workflow, found)
+            needed, workflow = self._models_of(request, workflow, named)
             if needed:
                 mark = time.perf_counter()
                 held.enter_context(self.models.in_use(needed))  # until the run settles
@@ -198,7 +211,8 @@ class Pipeline:
                 node_uploads=context.uploads,
                 payload_limit=payload_limit,
             )
-            if request.destination == "local" and self._local_moves_are_renames():
+            renames_only = request.output_format is None and request.destination == "local"
+            if renames_only and self._local_moves_are_renames():
                 delivered = step()  # a rename or two: cheaper than two thread hops
             else:
                 busy = self._threads.submit(step)  # uploads, encodes, copies
@@ -206,8 +220,9 @@ class Pipeline:
             timings["deliver_s"] = time.perf_counter() - mark
             result = {"files": delivered["files"], "datas": run.datas}
             result["file_info"] = delivered["file_info"]
-            if run.warnings:
-                result["warnings"] = run.warnings
+            warnings = [*request.warnings, *delivered.get("warnings", ()), *run.warnings]
+            if warnings:
+                result["warnings"] = warnings
             return self._finish(job_id, result, timings, started)
         except JobError as exc:
             return self._finish(job_id, exc.to_result(), timings, started)
@@ -220,17 +235,50 @@ class Pipeline:
             if workspace is not None:
                 _cleanup_when_settled(workspace, busy)
 
+    def _check(self, workflow: dict[str, Any], found: parity.Sources) -> dict[str, Any]:
+        """A check job's report; the cache's folders count as installed."""
+        comfy = self.executor.comfy
+        self._register_cached()
+        nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
+        return parity.report(workflow, nodes, folder_paths, found, [])
+
+    def _named(
+        self, request: JobRequest, workflow: dict[str, Any], found: parity.Sources
+    ) -> list[ModelSpec]:
+        """The missing models the saved workflow names with a URL, to fetch when the job
+        asks (``fetch_models``); without it, an error naming them and the flag. No cost
+        for a workflow that names no model URL."""
+        if not found.models:
+            return []
+        comfy = self.executor.comfy
+        self._register_cached()  # a model fetched by an earlier job is installed
+        nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
+        missing = parity.missing_models(workflow, nodes, folder_paths, found)
+        missing = [item for item in missing if item["url"] is not None]
+        if missing and not request.fetch_models:
+            raise parity.not_fetched(missing)
+        return parity.fetchable(missing, found, folder_paths.folder_names_and_paths)
+
+    def _register_cached(self) -> None:
+        """Make ComfyUI's loaders list the cache's folders that hold files."""
+        folders = self.executor.comfy.folder_paths.folder_names_and_paths
+        root = self.models.root
+        held = [p.name for p in root.iterdir() if p.is_dir() and p.name in folders]
+        models.register(self.models, self.executor.comfy.folder_paths, sorted(held))
+
     def _models_of(
-        self, request: JobRequest, workflow: dict[str, Any]
+        self, request: JobRequest, workflow: dict[str, Any], named: list[ModelSpec]
     ) -> tuple[list[ModelSpec], dict[str, Any]]:
-        """The job's models (``input.models`` and URLs in ``workflow``'s loader inputs),
-        with the cache registered for their folders, and the workflow to run (a copy that
-        names the cached files); no models (and no cost) for the usual job."""
-        if not request.models and not models.mentions_url(workflow):
+        """The job's models (``input.models``, ``named`` from the saved workflow and URLs
+        in ``workflow``'s loader inputs), with the cache registered for their folders, and
+        the workflow to run (a copy that names the cached files); no models (and no cost)
+        for the usual job."""
+        if not request.models and not named and not models.mentions_url(workflow):
             return [], workflow
         comfy = self.executor.comfy
         nodes, folder_paths = comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths
-        needed, workflow = models.plan(request.models, workflow, nodes, folder_paths)
+        explicit = [*request.models, *named]
+        needed, workflow = models.plan(explicit, workflow, nodes, folder_paths)
         models.register(self.models, folder_paths, sorted({spec.folder for spec in needed}))
         return needed, workflow
 
@@ -249,8 +297,8 @@ class Pipeline:
         if "error" in result:
             log.info("job %s FAILED %s: %s", job_id, phases, result["error"])
         else:
-            log.info("job %s COMPLETED %s files=%d", job_id, phases, len(result["files"]))
-        if self.settings.compat == compat.WORKER_COMFYUI:
+            log.info("job %s COMPLETED %s files=%d", job_id, phases, len(result.get("files", ())))
+        if self.settings.compat == compat.WORKER_COMFYUI and "check" not in result:
             return compat.shape_result(result)
         return result
 

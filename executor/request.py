@@ -2,25 +2,31 @@
 
 Accepts the contract in README.md ("The job contract"): ``input.workflow`` (object or
 JSON string; API format, or saved UI format that the pipeline converts) or ``input.app`` +
-``params``, ``overrides``, ``tobase64``, ``tobucket``, ``images``/``files``, request-level
-``s3Config`` and ``policy``. Nothing here touches ComfyUI, the network or the disk: an
-app's parameters are checked against its schema later, by the pipeline, which has the booted
-ComfyUI's node definitions.
+``params``, ``overrides``, ``tobase64``, ``tobucket``, ``toUrls``, ``output_format``,
+``images``/``files``, request-level ``s3Config`` and ``policy``. Nothing here touches
+ComfyUI, the network or the disk: an app's parameters are checked against its schema later,
+by the pipeline, which has the booted ComfyUI's node definitions.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from ..nodes.netguard import redact
 from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
 from ..nodes.workflows import is_saved_format
 from .errors import JobError
 from .models import ModelSpec, parse_specs
+from .reencode import OutputFormat, parse_output_format
+
+log = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -58,7 +64,30 @@ class InputMedia:
 
 
 #: Where a job's files go, decided once when the job is parsed (see :func:`destination`).
-Destination = Literal["bucket", "base64", "local"]
+Destination = Literal["bucket", "urls", "base64", "local"]
+
+#: Every top-level ``input`` field something reads; others are named in ``warnings``
+#: (a typo such as ``toBase64`` would otherwise be ignored without a word).
+KNOWN_INPUT_FIELDS = frozenset(
+    {
+        "workflow",
+        "app",
+        "params",
+        "overrides",
+        "tobase64",
+        "tobucket",
+        "toUrls",
+        "output_format",
+        "images",
+        "files",
+        "models",
+        "previews",
+        "api_key_comfy_org",
+        "comfy_org_api_key",
+        "check",
+        "fetch_models",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -91,11 +120,28 @@ class JobRequest:
     overrides: dict[tuple[str, str], Any] = field(default_factory=dict)
     #: ``input.previews``: progress events carry the samplers' latent previews.
     previews: bool = False
+    #: ``input.toUrls``: one presigned PUT URL per output file, in output order. Secrets
+    #: (their signatures) live in the query: kept out of ``repr``.
+    to_urls: list[str] = field(default_factory=list, repr=False)
+    #: Whether ``to_urls`` may name private addresses (``--allow-private-urls``).
+    allow_private_urls: bool = False
+    #: ``input.output_format``: still images are re-encoded before delivery.
+    output_format: OutputFormat | None = None
+    #: Lines for the result's ``warnings`` (unknown ``input`` fields).
+    warnings: list[str] = field(default_factory=list)
+    #: ``input.check``: report what the workflow needs that the worker lacks; run nothing.
+    check: bool = False
+    #: ``input.fetch_models`` (env ``COMFYUI_RUNPOD_FETCH_MODELS``): fetch the missing
+    #: models a saved workflow names with a URL (``properties.models``), then run.
+    fetch_models: bool = False
 
     @property
     def destination(self) -> Destination:
-        """A bucket when one applies; base64 only when asked and no bucket applies;
-        otherwise the local folder (the original worker's behaviour)."""
+        """The job's ``toUrls`` when given (parse_job refuses them with ``tobucket`` or
+        ``tobase64``); else a bucket when one applies; base64 only when asked and no bucket
+        applies; otherwise the local folder (the original worker's behaviour)."""
+        if self.to_urls:
+            return "urls"
         if self.bucket is not None:
             return "bucket"
         return "base64" if self.tobase64 else "local"
@@ -112,13 +158,23 @@ def job_from_document(document: Any) -> Any:
 def parse_job(
     job: Any, environ: Mapping[str, str] = os.environ, *, allow_private_urls: bool = False
 ) -> JobRequest:
-    """``allow_private_urls``: the job's own bucket endpoint may be a private address."""
+    """``allow_private_urls``: the job's own bucket endpoint and ``toUrls`` may be private
+    addresses."""
     if not isinstance(job, Mapping):
         raise JobError("invalid_input", "the request body must be a JSON object")
     job_id = str(job.get("id") or "local")
     raw = job.get("input")
     if not isinstance(raw, Mapping):
         raise JobError("invalid_input", 'the job has no "input" object: send {"input": {...}}')
+    tobase64 = _parse_bool(raw.get("tobase64", False), "input.tobase64")
+    to_urls = _parse_urls(raw.get("toUrls"))
+    if to_urls and (tobase64 or raw.get("tobucket") is not None):
+        other = "input.tobucket" if raw.get("tobucket") is not None else "input.tobase64"
+        raise JobError(
+            "invalid_input",
+            f"send one destination: input.toUrls or {other}, not both "
+            "(toUrls puts each file to its presigned URL)",
+        )
     try:
         bucket = resolve_bucket(
             raw.get("tobucket"), job.get("s3Config"), environ, allow_private=allow_private_urls
@@ -136,14 +192,54 @@ def parse_job(
         app=app,
         params=_parse_object(raw.get("params"), "input.params"),
         overrides=parse_overrides(raw.get("overrides")),
-        tobase64=_parse_bool(raw.get("tobase64", False), "input.tobase64"),
+        tobase64=tobase64,
         bucket=bucket,
+        to_urls=to_urls,
+        allow_private_urls=allow_private_urls,
+        output_format=parse_output_format(raw.get("output_format")),
+        warnings=_unknown_fields(raw, job_id),
         media=_parse_media(raw.get("images"), raw.get("files")),
         timeout_s=parse_policy(job.get("policy")).timeout_s,
         models=parse_specs(raw.get("models"), "input.models"),
         comfy_org_api_key=_comfy_org_key(raw, environ),
         previews=_parse_bool(raw.get("previews", False), "input.previews"),
+        check=_parse_bool(raw.get("check", False), "input.check"),
+        fetch_models=_parse_bool(
+            raw.get("fetch_models", environ.get("COMFYUI_RUNPOD_FETCH_MODELS", False)),
+            "input.fetch_models",
+        ),
     )
+
+
+def _parse_urls(value: Any) -> list[str]:
+    """``input.toUrls``: http(s) URLs; the address guard applies when they are used."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not value:
+        raise JobError("invalid_input", "input.toUrls must be a non-empty list of PUT URLs")
+    for index, url in enumerate(value):
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            shown = redact(url) if isinstance(url, str) else type(url).__name__
+            raise JobError(
+                "invalid_input", f"input.toUrls[{index}] is not an http(s) URL: {shown:.80}"
+            )
+        if parts.username is not None:
+            raise JobError(
+                "invalid_input",
+                f"input.toUrls[{index}] carries credentials (user@host): send a signed URL",
+            )
+    return list(value)
+
+
+def _unknown_fields(raw: Mapping[str, Any], job_id: str) -> list[str]:
+    """Log and return (as a result warning) the ``input`` fields nothing reads."""
+    unknown = sorted(str(name) for name in raw if name not in KNOWN_INPUT_FIELDS)
+    if not unknown:
+        return []
+    line = f"input fields ignored (unknown): {', '.join(unknown)}"
+    log.warning("job %s: %s", job_id, line)
+    return [line]
 
 
 def _parse_app(value: Any) -> str | None:
