@@ -1,5 +1,6 @@
-"""Deliver a job's output files to the destination its request resolved: a bucket, base64,
-or a local folder (paths, the original worker's behaviour).
+"""Deliver a job's output files to the destination its request resolved: a bucket, the
+job's presigned PUT URLs, base64, or a local folder (paths, the original worker's
+behaviour). Still images are re-encoded first when the job asks (``output_format``).
 
 ``file_info`` says for every file where it went (``delivered``), so nobody downstream has
 to guess from the entry's text. A result too large for RunPod is refused with its size,
@@ -11,23 +12,33 @@ Everything here blocks (uploads, encodes, cross-filesystem moves): call it off t
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import errno
 import os
 import shutil
+import time
+import urllib.error
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..nodes.netguard import ALLOW_FLAG, PrivateAddress, URLRefused, redact
 from ..nodes.storage import UploadedFile, UploadError, content_type_for, upload_files
 from .errors import JobError, mib
 from .outputs import OutputFile
+from .reencode import reencode
 from .request import JobRequest
 from .runner import plain_name
+from .urlguard import put_checked_url
 
 #: RunPod's payload limits for a job's result.
 RUN_LIMIT = 10 * 1024 * 1024
 RUNSYNC_LIMIT = 20 * 1024 * 1024
+#: ``input.toUrls``: tries per file, and the socket timeout of each.
+PUT_ATTEMPTS = 3
+PUT_TIMEOUT_S = 120.0
 
 
 def payload_limit_for(job_id: str) -> int:
@@ -58,8 +69,15 @@ def deliver(
     named it (its paths are resolved at boot), used to name files uniquely (two save nodes
     may both write ``x_00001_.png`` in different subfolders).
     """
+    folder = local_folder(settings, request.job_id)
+    if request.output_format is not None:
+        try:
+            files = reencode(files, request.output_format)
+        except JobError as exc:  # nothing was replaced: the originals are kept
+            raise _keeping(exc, files, folder, job_dir) from None
     names = [_name_in_job(f, job_dir) for f in files]
     destination = request.destination
+    warnings: list[str] = []
     info = [
         {
             "node_id": f.node_id,
@@ -82,17 +100,22 @@ def deliver(
                 max_workers=settings.upload_workers,
             )
             entries = [u.url for u in uploaded]
+        elif destination == "urls":
+            entries = _put_all(request, files, names, info, settings.upload_workers)
+            unused = len(request.to_urls) - len(files)
+            if unused:
+                warnings.append(
+                    f"input.toUrls[{len(files)}:] not used: {unused} of "
+                    f"{len(request.to_urls)} URLs left over ({len(files)} output files)"
+                )
         elif destination == "base64":
             _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
             entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]
         else:
-            entries = _keep(files, names, local_folder(settings, request.job_id), job_dir)
+            entries = _keep(files, names, folder, job_dir)
     except (UploadError, JobError) as exc:
-        # The outputs were paid for: keep them where an operator can pick them up.
-        kept = _keep(files, names, local_folder(settings, request.job_id), job_dir)
         error = exc if isinstance(exc, JobError) else JobError(exc.code, _without_code(exc))
-        error.detail["kept_files"] = kept
-        raise error from None
+        raise _keeping(error, files, folder, job_dir) from None
     for upload in node_uploads:
         entries.append(upload.url)
         info.append(
@@ -105,7 +128,90 @@ def deliver(
                 "delivered": "bucket",
             }
         )
-    return {"files": entries, "file_info": info}
+    delivered: dict[str, Any] = {"files": entries, "file_info": info}
+    if warnings:
+        delivered["warnings"] = warnings
+    return delivered
+
+
+def _keeping(error: JobError, files: Sequence[OutputFile], folder: Path, job_dir: Path) -> JobError:
+    """``error`` once the outputs are kept in ``folder`` (``details.kept_files``): they
+    were paid for, so an operator can still pick them up."""
+    names = [_name_in_job(f, job_dir) for f in files]
+    error.detail["kept_files"] = _keep(files, names, folder, job_dir)
+    return error
+
+
+def _put_all(
+    request: JobRequest,
+    files: Sequence[OutputFile],
+    names: Sequence[str],
+    info: Sequence[dict[str, Any]],
+    workers: int,
+) -> list[str]:
+    """PUT file ``i`` to ``input.toUrls[i]``; the entries are the URLs without their query
+    (the signature: a secret, and expired soon anyway)."""
+    urls = request.to_urls
+    if len(files) > len(urls):
+        raise JobError(
+            "upload_failed",
+            f"the job made {len(files)} output files but input.toUrls has {len(urls)} "
+            "URLs: send one PUT URL per output file",
+            {"files": len(files), "urls": len(urls)},
+        )
+
+    def put(index: int) -> None:
+        _put_one(
+            urls[index],
+            files[index].path,
+            names[index],
+            info[index]["content_type"],
+            request.allow_private_urls,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, workers), "comfyui-runpod-put") as pool:
+        for future in [pool.submit(put, i) for i in range(len(files))]:
+            future.result()
+    return [_without_query(url) for url in urls[: len(files)]]
+
+
+def _put_one(url: str, path: Path, name: str, content_type: str, allow_private: bool) -> None:
+    """One PUT, retried on network errors and 5xx (a 4xx, such as an expired signature, or
+    a refused address will not change)."""
+    where = f"could not PUT {name} to {_without_query(url)}"
+    for attempt in range(PUT_ATTEMPTS):
+        try:
+            with path.open("rb") as body:
+                put_checked_url(
+                    url,
+                    body,
+                    size=path.stat().st_size,
+                    content_type=content_type,
+                    timeout_s=PUT_TIMEOUT_S,
+                    allow_private=allow_private,
+                )
+            return
+        except URLRefused as exc:
+            hint = (
+                f" (private addresses need {ALLOW_FLAG})" if isinstance(exc, PrivateAddress) else ""
+            )
+            raise JobError("upload_failed", f"{where}: {redact(str(exc), url)}{hint}") from None
+        except urllib.error.HTTPError as exc:
+            error = f"{where}: HTTP {exc.code} {redact(str(exc.reason), url)}"
+            if exc.code < 500:
+                raise JobError("upload_failed", error) from None
+        except OSError as exc:  # URLError, resets, timeouts
+            error = f"{where}: {redact(str(exc), url)}"
+        if attempt + 1 < PUT_ATTEMPTS:
+            time.sleep(0.5 * 2**attempt)
+    raise JobError("upload_failed", f"{error} (after {PUT_ATTEMPTS} attempts)")
+
+
+def _without_query(url: str) -> str:
+    """``url`` as results and errors show it: no query, fragment or credentials."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def local_folder(settings: DeliverySettings, job_id: str) -> Path:

@@ -21,11 +21,11 @@ import ssl
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..nodes.netguard import NotHttpURL, PrivateAddress, URLRefused, checked_socket
 
-__all__ = ["NotHttpURL", "PrivateAddress", "URLRefused", "open_checked_url"]
+__all__ = ["NotHttpURL", "PrivateAddress", "URLRefused", "open_checked_url", "put_checked_url"]
 
 USER_AGENT = "comfyui-runpod"
 
@@ -44,6 +44,43 @@ def open_checked_url(
     ``OSError`` when the network fails. ``allow_private`` skips only the address check.
     """
     _require_http(url)
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
+    return _checked_opener(allow_private).open(request, timeout=timeout_s)
+
+
+def put_checked_url(
+    url: str,
+    body: BinaryIO,
+    *,
+    size: int,
+    content_type: str,
+    timeout_s: float,
+    allow_private: bool = False,
+) -> int:
+    """PUT ``size`` bytes of ``body`` to ``url`` (a presigned upload URL) through the same
+    guarded connections as :func:`open_checked_url`; return the status.
+
+    The URL's own signature authorizes the upload, so no other header is sent. A redirect
+    is an ``HTTPError`` (urllib follows none for PUT): a signed URL names its final place.
+    Raises as :func:`open_checked_url` does.
+    """
+    _require_http(url)
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="PUT",
+        headers={
+            "User-Agent": USER_AGENT,
+            "Content-Type": content_type,
+            "Content-Length": str(size),
+        },
+    )
+    with _checked_opener(allow_private).open(request, timeout=timeout_s) as response:
+        response.read()
+        return response.status
+
+
+def _checked_opener(allow_private: bool) -> urllib.request.OpenerDirector:
     opener = urllib.request.OpenerDirector()
     for handler in (
         _CheckedHTTPHandler(allow_private),
@@ -53,8 +90,7 @@ def open_checked_url(
         urllib.request.HTTPErrorProcessor(),
     ):
         opener.add_handler(handler)
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, **(headers or {})})
-    return opener.open(request, timeout=timeout_s)
+    return opener
 
 
 def _require_http(url: str) -> None:
