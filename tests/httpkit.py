@@ -46,6 +46,27 @@ def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
             return exc.code, exc.read()
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler: no access-log line per request on stderr."""
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def start_http(handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """``handler`` on a free loopback port, a daemon thread per request; ``stop_http``
+    ends it. One place for what every test server here starts the same way."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+def stop_http(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 @dataclass
 class Hook:
     """Loopback webhook receiver; answers 500 to the first ``fail_first`` POSTs."""
@@ -64,10 +85,7 @@ class Hook:
     def start(self) -> Hook:
         hook = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with hook._cond:
@@ -80,9 +98,7 @@ class Hook:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self._server = start_http(Handler)
         return self
 
     def wait(self, count: int = 1, timeout: float = 15.0) -> list[dict[str, Any]]:
@@ -94,5 +110,4 @@ class Hook:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_http(self._server)

@@ -8,12 +8,10 @@ the presigned PUTs, a loopback http.server stands for "any PUT endpoint", PIL de
 from __future__ import annotations
 
 import base64
-import http.server
 import io
 import json
 import logging
 import random
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 import workflows
 from comfyui_runpod.executor.errors import JobError
 from comfyui_runpod.executor.request import KNOWN_INPUT_FIELDS, parse_job
+from httpkit import QuietHandler, start_http, stop_http
 from PIL import Image
 from s3server import S3Server, bucket_contract
 
@@ -43,7 +42,7 @@ def presigned_puts(s3: S3Server, bucket: str, keys: list[str], content_type: str
     ]
 
 
-class PutRecorder(http.server.BaseHTTPRequestHandler):
+class PutRecorder(QuietHandler):
     """Any PUT endpoint: records each PUT; ``/deny`` answers 403."""
 
     received: dict[str, tuple[str, bytes]]
@@ -58,18 +57,14 @@ class PutRecorder(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def put_server() -> Iterator[tuple[str, dict[str, tuple[str, bytes]]]]:
     received: dict[str, tuple[str, bytes]] = {}
     handler = type("Handler", (PutRecorder,), {"received": received})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_http(handler)
     yield f"http://127.0.0.1:{server.server_port}", received
-    server.shutdown()
+    stop_http(server)
 
 
 # --- 1. input.toUrls ---------------------------------------------------------------------

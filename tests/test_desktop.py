@@ -21,15 +21,12 @@ import json
 import os
 import shutil
 import sys
-import threading
 import time
 import types
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 import workflows
@@ -48,7 +45,7 @@ from desktopkit import (
     start_desktop,
     start_serve,
 )
-from httpkit import http
+from httpkit import QuietHandler, http, start_http, stop_http
 from PIL import Image
 from tinymodel import CACHE_FILE, cache_folder
 
@@ -147,10 +144,7 @@ class FakeEndpoint:
         endpoint = self
         self.id_suffix = ""  # a hostile endpoint's ids end in "\n"
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def answer(self, body: dict) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(200)
@@ -168,17 +162,14 @@ class FakeEndpoint:
                 seen.append((self.path, self.headers.get("Authorization"), None))
                 self.answer({"id": self.path.rsplit("/", 1)[-1], "status": "COMPLETED"})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = start_http(Handler)
         self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def runs(self) -> list[tuple[str, str | None, dict]]:
         return [r for r in self.requests if r[2] is not None]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_http(self.server)
 
 
 @pytest.fixture(scope="module")

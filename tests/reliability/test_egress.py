@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from comfyui_runpod.executor.models import ModelCache, ModelSettings, ModelSpec
 from comfyui_runpod.executor.request import InputMedia
 from comfyui_runpod.nodes.netguard import is_public_address
 from comfyui_runpod.nodes.storage import resolve_bucket, upload_bytes
-from httpkit import Hook, http
+from httpkit import Hook, QuietHandler, http, start_http, stop_http
 from reliability_kit import pixel, png_bytes
 from s3server import S3Server, bucket_contract
 from test_inputs import PRIVATE, PUBLIC, Resolver, Site, resolver, self_signed, sites
@@ -49,10 +47,7 @@ class Recorder:
         recorder = self
         self.requests: list[tuple[str, str, dict[str, str]]] = []
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 recorder.requests.append((self.command, self.path, dict(self.headers)))
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -69,14 +64,11 @@ class Recorder:
 
             do_POST = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = start_http(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        stop_http(self.server)
 
 
 @pytest.fixture
