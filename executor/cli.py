@@ -415,9 +415,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--allow-private-urls",
         action="store_true",
         default=os.environ.get("COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS", "") in ("1", "true", "yes"),
-        help="let media and model URLs, a job's own bucket endpoint and serve's webhooks "
-        "reach loopback and private addresses: trusted networks and local testing only "
-        "(env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
+        help="let media and model URLs, toUrls PUTs, a job's own bucket endpoint and serve's "
+        "webhooks reach loopback and private addresses: trusted networks and local testing "
+        "only (env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
     )
     group.add_argument(
         "--max-workflow-nodes",
@@ -452,8 +452,9 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
         allow_private_urls=args.allow_private_urls,
         **_given(download_timeout_s=args.model_download_timeout),
     )
-    media_limits = {"max_media_pixels": args.max_media_pixels} if args.max_media_pixels else {}
-    media_limits.update(_given(download_timeout_s=args.media_download_timeout))
+    media_limits = _given(
+        max_media_pixels=args.max_media_pixels, download_timeout_s=args.media_download_timeout
+    )
     executor = Executor(boot_settings(args))
     comfy = executor.start()
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
