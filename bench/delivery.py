@@ -7,6 +7,10 @@ network, stated as such in the output). Both the S3 server and the proxy are Pyt
 this process: their CPU time is a floor that no number of upload threads removes, so the
 report also gives the two floors (latency alone, and the parallel loopback time).
 
+A last row delivers the same files as a job with ``input.toUrls`` would (``deliver``, one
+presigned PUT per file, no keys on the worker) through the same modelled proxy, beside
+``tobucket``'s parallel run there.
+
     .venv/bin/python bench/delivery.py [--files 20] [--size-mb 2] [--latency-ms 80]
 """
 
@@ -23,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import RESULTS, free_port, table, write_report
-from comfyui_runpod.executor.delivery import DeliverySettings
+from comfyui_runpod.executor.delivery import DeliverySettings, deliver
+from comfyui_runpod.executor.outputs import OutputFile
+from comfyui_runpod.executor.request import JobRequest
 from comfyui_runpod.nodes.storage import BucketConfig, upload_files
 
 
@@ -44,6 +50,7 @@ def measure(
     server.start()
     folder = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     medians: dict[str, float] = {}
+    to_urls_runs: list[float] = []
     try:
         cfg = BucketConfig(f"http://127.0.0.1:{port}", "bench-id", "bench-secret", "bench")
         import boto3
@@ -81,6 +88,28 @@ def measure(
                         upload_files(target, paths, f"run-{repeat}-{count}", max_workers=count)
                         runs.append(time.perf_counter() - began)
                     medians[f"{label}, {count} worker{'s' * (count > 1)}"] = statistics.median(runs)
+            signer = boto3.client(
+                "s3",
+                endpoint_url=proxy.endpoint_url,
+                aws_access_key_id="bench-id",
+                aws_secret_access_key="bench-secret",
+                region_name="us-east-1",
+            )
+            outputs = [OutputFile(path, "1", "images", path.name, "") for path in paths]
+            settings = DeliverySettings(local_dir=folder / "local", upload_workers=workers)
+            for repeat in range(repeats):
+                urls = [
+                    signer.generate_presigned_url(
+                        "put_object",
+                        Params={"Bucket": "bench", "Key": f"urls-{repeat}/{path.name}"},
+                        ExpiresIn=600,
+                    )
+                    for path in paths
+                ]
+                job = JobRequest(f"urls-{repeat}", None, to_urls=urls, allow_private_urls=True)
+                began = time.perf_counter()
+                deliver(job, outputs, settings=settings, job_dir=folder)
+                to_urls_runs.append(time.perf_counter() - began)
     finally:
         server.stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -100,12 +129,17 @@ def measure(
         # Two floors of the parallel modelled run: the latency of its waves of PUTs, and
         # the same uploads with no latency (the CPU of client, proxy and moto on this box).
         "floors_s": {"latency": waves * latency_ms / 1000, "loopback_parallel": values[1]},
+        # input.toUrls (presigned PUTs, no keys) vs tobucket, both parallel, modelled latency.
+        "to_urls": {"median_s": statistics.median(to_urls_runs), "tobucket_median_s": values[3]},
         "targets": {"speedup": ">= 4"},
     }
 
 
 def render(report: dict[str, Any]) -> str:
     rows = [(name, value) for name, value in report["medians_s"].items()]
+    modelled = f"+{report['latency_ms']:g} ms per PUT (modelled)"
+    workers = f"{report['workers']} workers"
+    rows.append((f"{modelled}, {workers}, input.toUrls", report["to_urls"]["median_s"]))
     speedup = report["speedup"]
     return (
         f"P5 delivery: {report['files']} x {report['mb']:g} MB to a moto S3 server, "

@@ -26,11 +26,11 @@ MODES = (WORKER_COMFYUI,)
 
 def prepare_job(job: Any) -> Any:
     """worker-comfyui never returns local paths: without a bucket (or the job's own
-    ``toUrls``), files come as base64."""
+    ``toUrls`` or ``toazure``), files come as base64."""
     if not isinstance(job, Mapping) or not isinstance(job.get("input"), Mapping):
         return job  # the parser reports what is wrong
     job_input = job["input"]
-    if "tobase64" in job_input or "toUrls" in job_input:
+    if any(name in job_input for name in ("tobase64", "toUrls", "toazure")):
         return job
     return {**job, "input": {**job_input, "tobase64": True}}
 
@@ -45,7 +45,7 @@ def shape_result(result: Mapping[str, Any]) -> dict[str, Any]:
     images = [
         {
             "filename": info["name"].rsplit("/", 1)[-1],
-            "type": "s3_url" if info.get("delivered") in ("bucket", "urls") else "base64",
+            "type": "s3_url" if info.get("delivered") in ("bucket", "urls", "azure") else "base64",
             "data": entry,
         }
         for entry, info in zip(result["files"], result["file_info"], strict=True)

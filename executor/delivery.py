@@ -1,6 +1,7 @@
 """Deliver a job's output files to the destination its request resolved: a bucket, the
-job's presigned PUT URLs, base64, or a local folder (paths, the original worker's
-behaviour). Still images are re-encoded first when the job asks (``output_format``).
+job's presigned PUT URLs, an Azure Blob container, base64, or a local folder (paths, the
+original worker's behaviour). Still images are re-encoded first when the job asks
+(``output_format``).
 
 ``file_info`` says for every file where it went (``delivered``), so nobody downstream has
 to guess from the entry's text. A result too large for RunPod is refused with its size,
@@ -26,6 +27,7 @@ from typing import Any
 
 from ..nodes.netguard import ALLOW_FLAG, PrivateAddress, URLRefused, redact
 from ..nodes.storage import UploadedFile, UploadError, content_type_for, upload_files
+from . import azureblob
 from .errors import JobError, mib
 from .outputs import OutputFile
 from .reencode import reencode
@@ -108,6 +110,16 @@ def deliver(
                     f"input.toUrls[{len(files)}:] not used: {unused} of "
                     f"{len(request.to_urls)} URLs left over ({len(files)} output files)"
                 )
+        elif destination == "azure":
+            assert request.azure is not None
+            entries = azureblob.upload_files(
+                request.azure,
+                [f.path for f in files],
+                names,
+                [i["content_type"] for i in info],
+                request.job_id,
+                workers=settings.upload_workers,
+            )
         elif destination == "base64":
             _check_payload(sum(4 * -(-i["size"] // 3) for i in info), payload_limit)
             entries = [base64.b64encode(f.path.read_bytes()).decode("ascii") for f in files]

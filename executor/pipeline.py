@@ -21,7 +21,7 @@ from typing import Any
 from ..nodes.jobcontext import JobContext
 from ..nodes.storage import BucketConfig, EndpointRefused, check_endpoint
 from ..nodes.workflows import is_saved_format
-from . import compat, models, parity
+from . import azureblob, compat, models, parity
 from .apps import AppStore, build_prompt
 from .convert import converter_for
 from .delivery import DeliverySettings, deliver, moves_stay_on_one_filesystem
@@ -72,14 +72,15 @@ class Pipeline:
         return self._models
 
     def prefetch(self, specs: Sequence[ModelSpec]) -> None:
-        """Fetch a boot manifest's models in parallel before the first job, one progress
-        line per file on stderr, so that cold starts do not pay per-job downloads."""
+        """Fetch a boot manifest's models in parallel before the first job (each shows its
+        progress: ``models.DownloadDisplay``), so that cold starts do not pay per-job
+        downloads."""
         comfy = self.executor.comfy
         specs, _ = models.plan(specs, {}, comfy.nodes.NODE_CLASS_MAPPINGS, comfy.folder_paths)
         models.register(self.models, comfy.folder_paths, sorted({s.folder for s in specs}))
 
         def fetch(spec: ModelSpec) -> None:
-            fresh = self.models.ensure(spec, on_progress=models.progress_line)
+            fresh = self.models.ensure(spec)
             log.info("model %s/%s %s", spec.folder, spec.name, "fetched" if fresh else "cached")
 
         with concurrent.futures.ThreadPoolExecutor(4, "comfyui-runpod-models") as pool:
@@ -119,6 +120,8 @@ class Pipeline:
             )
             if request.bucket is not None:
                 await asyncio.to_thread(_check_bucket, request.bucket)
+            if request.azure is not None:
+                await asyncio.to_thread(azureblob.check_endpoint, request.azure)
             # Downloads end by then at the latest (the job's executionTimeout, if any).
             job_deadline = (
                 None if request.timeout_s is None else time.monotonic() + request.timeout_s

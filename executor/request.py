@@ -3,7 +3,7 @@
 Accepts the contract in README.md ("The job contract"): ``input.workflow`` (object or
 JSON string; API format, or saved UI format that the pipeline converts) or ``input.app`` +
 ``params``, ``overrides``, ``tobase64``, ``tobucket``, ``toUrls``, ``output_format``,
-``images``/``files``, request-level ``s3Config`` and ``policy``. Nothing here touches
+``toazure``, ``images``/``files``, request-level ``s3Config`` and ``policy``. Nothing here touches
 ComfyUI, the network or the disk: an app's parameters are checked against its schema later,
 by the pipeline, which has the booted ComfyUI's node definitions.
 """
@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from ..nodes.netguard import redact
 from ..nodes.storage import BucketConfig, StorageError, resolve_bucket
 from ..nodes.workflows import is_saved_format
+from .azureblob import AzureConfig, resolve_azure
 from .errors import JobError
 from .models import ModelSpec, parse_specs
 from .reencode import OutputFormat, parse_output_format
@@ -64,7 +65,10 @@ class InputMedia:
 
 
 #: Where a job's files go, decided once when the job is parsed (see :func:`destination`).
-Destination = Literal["bucket", "urls", "base64", "local"]
+Destination = Literal["bucket", "urls", "azure", "base64", "local"]
+#: The ``input`` fields that name a destination, in the order errors list them; a job
+#: names one (``tobucket`` with ``tobase64`` stays the original worker's: the bucket wins).
+_DESTINATION_FIELDS = ("toUrls", "toazure", "tobucket", "tobase64")
 
 #: Every top-level ``input`` field something reads; others are named in ``warnings``
 #: (a typo such as ``toBase64`` would otherwise be ignored without a word).
@@ -77,6 +81,7 @@ KNOWN_INPUT_FIELDS = frozenset(
         "tobase64",
         "tobucket",
         "toUrls",
+        "toazure",
         "output_format",
         "images",
         "files",
@@ -125,6 +130,9 @@ class JobRequest:
     to_urls: list[str] = field(default_factory=list, repr=False)
     #: Whether ``to_urls`` may name private addresses (``--allow-private-urls``).
     allow_private_urls: bool = False
+    #: ``input.toazure``, or the operator's ``AZURE_STORAGE_*`` account when the job names
+    #: no destination and no bucket applies.
+    azure: AzureConfig | None = None
     #: ``input.output_format``: still images are re-encoded before delivery.
     output_format: OutputFormat | None = None
     #: Lines for the result's ``warnings`` (unknown ``input`` fields).
@@ -137,11 +145,14 @@ class JobRequest:
 
     @property
     def destination(self) -> Destination:
-        """The job's ``toUrls`` when given (parse_job refuses them with ``tobucket`` or
-        ``tobase64``); else a bucket when one applies; base64 only when asked and no bucket
-        applies; otherwise the local folder (the original worker's behaviour)."""
+        """The job's ``toUrls`` or ``toazure`` when given (parse_job refuses two
+        destinations); else a bucket when one applies, or the operator's Azure account;
+        base64 only when asked and neither applies; otherwise the local folder (the
+        original worker's behaviour)."""
         if self.to_urls:
             return "urls"
+        if self.azure is not None:
+            return "azure"
         if self.bucket is not None:
             return "bucket"
         return "base64" if self.tobase64 else "local"
@@ -168,19 +179,19 @@ def parse_job(
         raise JobError("invalid_input", 'the job has no "input" object: send {"input": {...}}')
     tobase64 = _parse_bool(raw.get("tobase64", False), "input.tobase64")
     to_urls = _parse_urls(raw.get("toUrls"))
-    if to_urls and (tobase64 or raw.get("tobucket") is not None):
-        other = "input.tobucket" if raw.get("tobucket") is not None else "input.tobase64"
-        raise JobError(
-            "invalid_input",
-            f"send one destination: input.toUrls or {other}, not both "
-            "(toUrls puts each file to its presigned URL)",
-        )
+    _one_destination(raw, tobase64)
     try:
         bucket = resolve_bucket(
             raw.get("tobucket"), job.get("s3Config"), environ, allow_private=allow_private_urls
         )
     except StorageError as exc:
         raise JobError("invalid_input", str(exc)) from None
+    azure = resolve_azure(
+        raw.get("toazure"),
+        environ,
+        use_env=not to_urls and bucket is None,
+        allow_private=allow_private_urls,
+    )
     app = _parse_app(raw.get("app"))
     if app is not None and raw.get("workflow") not in (None, "", {}):
         raise JobError("invalid_input", "send input.app or input.workflow, not both")
@@ -196,6 +207,7 @@ def parse_job(
         bucket=bucket,
         to_urls=to_urls,
         allow_private_urls=allow_private_urls,
+        azure=azure,
         output_format=parse_output_format(raw.get("output_format")),
         warnings=_unknown_fields(raw, job_id),
         media=_parse_media(raw.get("images"), raw.get("files")),
@@ -209,6 +221,22 @@ def parse_job(
             "input.fetch_models",
         ),
     )
+
+
+def _one_destination(raw: Mapping[str, Any], tobase64: bool) -> None:
+    """Refuse a job that names two destinations (``toUrls``, ``toazure``, ``tobucket``,
+    ``tobase64``): which one was meant is the caller's to say."""
+    given = [
+        name
+        for name in _DESTINATION_FIELDS
+        if (tobase64 if name == "tobase64" else raw.get(name) is not None)
+    ]
+    if given[:1] in (["toUrls"], ["toazure"]) and len(given) > 1:
+        raise JobError(
+            "invalid_input",
+            f"send one destination: input.{given[0]} or input.{given[1]}, not both "
+            "(the operator's BUCKET_*/s3Config still serve inputs and S3 Upload nodes)",
+        )
 
 
 def _parse_urls(value: Any) -> list[str]:

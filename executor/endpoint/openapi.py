@@ -70,6 +70,68 @@ _STATUS = {
 }
 
 
+_BUCKET = {
+    "type": "object",
+    "description": "An S3-compatible bucket for the output files (presigned GET URLs back).",
+    "properties": {
+        name: {"type": "string"}
+        for name in ("endpointUrl", "accessId", "accessSecret", "bucketName", "region", "publicUrl")
+    }
+    | {"keyPrefix": {"type": "string"}, "urlExpiry": {"type": "integer", "minimum": 1}},
+    "required": ["endpointUrl", "accessId", "accessSecret"],
+}
+#: The job's output fields beyond the app's params (README.md, "The job contract"). One
+#: destination per job: toUrls, toazure and tobucket/tobase64 exclude each other.
+_OUTPUT_FIELDS: dict[str, Any] = {
+    "tobase64": {"type": "boolean", "default": False},
+    "tobucket": _BUCKET,
+    "toUrls": {
+        "type": "array",
+        "minItems": 1,
+        "items": {"type": "string", "format": "uri", "pattern": "^https?://"},
+        "description": "One presigned PUT URL per output file, in the order of files; "
+        "files[i] is the URL without its query.",
+    },
+    "toazure": {
+        "type": "object",
+        "description": "An Azure Blob container for the output files: connectionString, or "
+        "accountUrl with sasToken. files are blob URLs (SAS-signed reads for a private "
+        "container when the account key is given).",
+        "properties": {
+            "connectionString": {"type": "string"},
+            "accountUrl": {"type": "string", "format": "uri"},
+            "sasToken": {"type": "string"},
+            "container": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$"},
+            "prefix": {"type": "string", "default": "generations"},
+            "urlExpiry": {"type": "integer", "minimum": 1},
+        },
+        "required": ["container"],
+        "oneOf": [{"required": ["connectionString"]}, {"required": ["accountUrl", "sasToken"]}],
+        "additionalProperties": False,
+    },
+    "output_format": {
+        "type": "object",
+        "description": "Re-encode still images before delivery (metadata kept).",
+        "properties": {
+            "format": {"enum": ["png", "webp", "jpeg"]},
+            "quality": {"type": "integer", "minimum": 1, "maximum": 100, "default": 90},
+        },
+        "required": ["format"],
+        "additionalProperties": False,
+    },
+    "check": {
+        "type": "boolean",
+        "default": False,
+        "description": "Run nothing: report the missing node packs and models.",
+    },
+    "fetch_models": {
+        "type": "boolean",
+        "default": False,
+        "description": "Fetch the missing models a saved workflow names by URL, then run.",
+    },
+}
+
+
 def _request_schema(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
@@ -80,14 +142,14 @@ def _request_schema(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 "properties": {
                     "app": {"const": name},
                     "params": params,
-                    "tobase64": {"type": "boolean", "default": False},
+                    **_OUTPUT_FIELDS,
                     "previews": {"type": "boolean", "default": False},
                 },
                 "required": ["app"],
             },
             "webhook": {"type": "string", "format": "uri"},
             "policy": {"type": "object"},
-            "s3Config": {"type": "object"},
+            "s3Config": _BUCKET,
         },
         "required": ["input"],
     }
