@@ -73,6 +73,14 @@ class InputNode:
     targets: tuple[tuple[str, str], ...]
 
 
+def number_text(value: float) -> str:
+    """A limit or value as people read it: whole numbers in full (``16777215``, a seed's
+    ``18446744073709551615``), others to 10 significant digits (``0.05``), never ``1.6e+07``."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e21):
+        return str(int(value))
+    return f"{value:.10g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """A parameter as the contract shows it, with the fed widgets' limits applied."""
@@ -93,8 +101,8 @@ class Param:
         (at most ``choices`` choices shown); the CLI and the docs page both show this."""
         kind = self.kind
         if self.minimum is not None or self.maximum is not None:
-            low = "" if self.minimum is None else f"{self.minimum:g}"
-            high = "" if self.maximum is None else f"{self.maximum:g}"
+            low = "" if self.minimum is None else number_text(self.minimum)
+            high = "" if self.maximum is None else number_text(self.maximum)
             kind += f" {low}..{high}"
         if self.enum is not None:
             more = ", ..." if len(self.enum) > choices else ""
@@ -143,7 +151,8 @@ class Param:
             # Past the input nodes' own range (a huge int would overflow float() below).
             limit = INT_LIMIT if kind == "integer" else FLOAT_LIMIT
             if abs(number) > limit:
-                return None, f"{_show(value)} is out of range (-{limit:g}..{limit:g})"
+                shown = number_text(limit)
+                return None, f"{_show(value)} is out of range (-{shown}..{shown})"
             if kind == "integer":
                 if isinstance(number, float) and not number.is_integer():
                     return None, f"expected an integer, got {_show(value)}"
@@ -151,9 +160,11 @@ class Param:
             else:
                 number = float(number)
             if self.minimum is not None and number < self.minimum:
-                return None, f"{number:g} is below the minimum {self.minimum:g}"
+                low = number_text(self.minimum)
+                return None, f"{number_text(number)} is below the minimum {low}"
             if self.maximum is not None and number > self.maximum:
-                return None, f"{number:g} is above the maximum {self.maximum:g}"
+                high = number_text(self.maximum)
+                return None, f"{number_text(number)} is above the maximum {high}"
             return number, None
         if kind == "boolean":
             if isinstance(value, bool):

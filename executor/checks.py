@@ -235,5 +235,16 @@ def _node_problem(node_id: str, info: Mapping[str, Any], prompt: Mapping[str, An
         text = item.get("message", "")
         if item.get("details"):
             text = f"{text}: {item['details']}"
+        missing = _MISSING_IMAGE.search(text)
+        if missing:  # the job's input folder holds only what the request sent
+            name = missing.group(1)
+            text += (
+                f" (send it as input.images [{{'name': '{name}', 'image': <base64 or URL>}}]; "
+                f"with `comfyui-runpod run`: --image {name}=PATH)"
+            )
         messages.append(text)
     return f"node {node_id} ({_class_type(node_id, info, prompt)}): {'; '.join(messages)}"
+
+
+#: ComfyUI's ``LoadImage`` (and friends) on a file the input folder lacks.
+_MISSING_IMAGE = re.compile(r"Invalid image file: (.+)$")

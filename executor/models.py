@@ -24,6 +24,7 @@ logged, never in errors or results.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import http.client
@@ -255,7 +256,11 @@ class ModelCache:
         offset, validator = self._resumable(spec, key)
         started = time.monotonic()
         try:
-            with deadline, self._open(spec, offset, validator, bucket, deadline) as body:
+            with (
+                contextlib.ExitStack() as stack,
+                deadline,
+                self._open(spec, offset, validator, bucket, deadline) as body,
+            ):
                 if body.start == 0:
                     offset = 0
                     # Where these bytes come from: a later try resumes only the same file.
@@ -267,7 +272,8 @@ class ModelCache:
                 room = self._make_room(total, partial) if total is not None else 0
                 digest = _sha256_of(partial) if offset else hashlib.sha256()
                 written = offset
-                report = _Reporter(spec, total, on_progress)
+                report = _Reporter(spec, total, offset, on_progress)
+                stack.callback(report.close)
                 with partial.open("ab" if offset else "wb") as out:
                     for block in iter(lambda: body.stream.read(_CHUNK), b""):
                         written += len(block)
@@ -572,18 +578,96 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 class _Reporter:
-    """Download progress, at most every 0.5 s (and at the end)."""
+    """Download progress: to the job's callback at most every 0.5 s (and at the end), and
+    to the operator through :class:`DownloadDisplay`."""
 
-    def __init__(self, spec: ModelSpec, total: int | None, send: ProgressCallback | None):
+    def __init__(
+        self, spec: ModelSpec, total: int | None, start: int, send: ProgressCallback | None
+    ) -> None:
         self.spec, self.total, self.send, self.last = spec, total, send, 0.0
+        self.display = DownloadDisplay(f"{spec.folder}/{spec.name}", total, start)
 
     def __call__(self, done: int) -> None:
+        self.display.update(done)
         now = time.monotonic()
         if self.send is None or (now - self.last < 0.5 and done != self.total):
             return
         self.last = now
         event = {"event": "download", "model": self.spec.name, "bytes": done}
         self.send({**event, "total": self.total})
+
+    def close(self) -> None:
+        self.display.close()
+
+
+class DownloadDisplay:
+    """One download as a person watching it wants it: a tqdm bar when stderr is a
+    terminal; else log lines (RunPod's log view, a file) at most one per 5 % or per 10 s,
+    each with percent, rate and ETA, so a multi-GB file is ~20 lines, not thousands."""
+
+    STEP = 0.05
+    EVERY_S = 10.0
+
+    def __init__(
+        self,
+        label: str,
+        total: int | None,
+        start: int = 0,
+        stream: IO[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.label, self.total, self.start, self.clock = label, total, start, clock
+        self.started = self.last_time = clock()
+        self.last_done = self.logged = start
+        self.bar = None
+        stream = stream or sys.stderr
+        if stream.isatty():
+            from tqdm import tqdm  # ComfyUI's own requirement: always there beside it
+
+            self.bar = tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=label, file=stream, leave=True, dynamic_ncols=True,
+            )  # fmt: skip
+
+    def update(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+            return
+        now = self.clock()
+        steps = (lambda n: int(n / self.total / self.STEP)) if self.total else None
+        crossed = steps is not None and steps(done) > steps(self.last_done)
+        due = crossed or now - self.last_time >= self.EVERY_S or done == self.total
+        if due and done != self.logged:
+            self.last_time, self.last_done, self.logged = now, done, done
+            log.info("%s", self.line(done, now))
+
+    def line(self, done: int, now: float) -> str:
+        """``downloading model loras/x.safetensors: 45% of 2048.0 MiB, 85.3 MiB/s, ETA 13s``."""
+        rate = (done - self.start) / max(now - self.started, 1e-6)
+        speed = f"{rate / 1_048_576:.1f} MiB/s"
+        if not self.total:
+            return f"downloading model {self.label}: {mib(done)}, {speed}"
+        eta = (self.total - done) / rate if rate > 0 else None
+        left = "done" if done >= self.total else f"ETA {_duration(eta)}"
+        percent = f"{100 * done / self.total:.0f}%"
+        return f"downloading model {self.label}: {percent} of {mib(self.total)}, {speed}, {left}"
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _key(spec: ModelSpec) -> str:
@@ -651,13 +735,13 @@ def plan(
     it may be an app's stored workflow, or a request ``serve`` retries. A URL in any other
     input (a prompt, a URL loader's ``url``) is text. Folders are checked against the
     booted ComfyUI's; nothing is fetched here."""
-    folders = folder_paths.folder_names_and_paths
+    folders = sorted(f for f in folder_paths.folder_names_and_paths if f not in _NOT_MODELS)
     for index, spec in enumerate(explicit):
-        if spec.folder not in folders or spec.folder in ("custom_nodes", "configs"):
+        if spec.folder not in folders:
             raise JobError(
                 "invalid_input",
-                f"input.models[{index}].folder {spec.folder!r} is not a ComfyUI model folder "
-                f"(e.g. {', '.join(sorted(f for f in folders if f != 'custom_nodes')[:8])})",
+                f"input.models[{index}].folder {spec.folder!r} is not a ComfyUI model folder"
+                f"{_closest(spec.folder, folders)}",
             )
     specs = {spec.url: spec for spec in explicit}
     rewritten = dict(workflow)
@@ -691,6 +775,21 @@ def plan(
     return list(specs.values()), rewritten
 
 
+#: Folders ComfyUI lists that hold no models.
+_NOT_MODELS = frozenset({"custom_nodes", "configs"})
+
+
+def _closest(folder: str, folders: Sequence[str]) -> str:
+    """``; did you mean 'loras'?`` for a near miss (``lora``, ``Checkpoints``), else a few
+    folders to choose from: the full list is long and the likely one is lost in it."""
+    lowered = {name.lower(): name for name in folders}
+    near = difflib.get_close_matches(folder.lower(), list(lowered), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {lowered[near[0]]!r}?"
+    common = [f for f in ("checkpoints", "loras", "vae", "text_encoders") if f in folders]
+    return f" (e.g. {', '.join(common or folders[:4])}; all: {', '.join(folders)})"
+
+
 def mentions_url(workflow: Mapping[str, Any]) -> bool:
     """Whether any input value is a model URL (the cheap test before :func:`plan`)."""
     return any(
@@ -699,13 +798,6 @@ def mentions_url(workflow: Mapping[str, Any]) -> bool:
         if isinstance(node, dict) and isinstance(node.get("inputs"), dict)
         for value in node["inputs"].values()
     )
-
-
-def progress_line(event: dict[str, Any]) -> None:
-    """A boot manifest's progress: one line per file and update, on stderr."""
-    total = event.get("total")
-    size = f"{mib(event['bytes'])} of {mib(total)}" if total else mib(event["bytes"])
-    log.info("downloading model %s: %s", event["model"], size)
 
 
 def register(cache: ModelCache, folder_paths: Any, folders: Sequence[str]) -> None:

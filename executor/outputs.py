@@ -7,12 +7,15 @@ are not outputs.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..nodes.pngtext import read_text, with_text
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +89,30 @@ def _files_of(
             log.warning("node %s reported %s, which is not a file under %s", node_id, path, root)
             continue
         yield OutputFile(path, node_id, kind, item["filename"], subfolder)
+
+
+def restore_prefixes(files: Iterable[OutputFile], prefixes: Mapping[str, tuple[str, Any]]) -> None:
+    """Put the user's ``filename_prefix`` back into the ``prompt`` chunk of each PNG, in
+    place: the run gave ComfyUI its own folder as the prefix (``run-…/name``), which would
+    otherwise travel with the file and come back when it is dropped onto a canvas.
+    ``prefixes``: node id → (the prefix ComfyUI got, the user's). Pixels are not touched."""
+    if not prefixes:
+        return
+    for output in files:
+        if output.path.suffix.lower() != ".png":
+            continue
+        try:
+            data = output.path.read_bytes()
+            prompt = json.loads(read_text(data).get("prompt") or "null")
+        except (OSError, ValueError):  # not ComfyUI's PNG, or no prompt in it
+            continue
+        if not isinstance(prompt, dict):
+            continue
+        changed = False
+        for node_id, (given, original) in prefixes.items():
+            inputs = (prompt.get(node_id) or {}).get("inputs")
+            if isinstance(inputs, dict) and inputs.get("filename_prefix") == given:
+                inputs["filename_prefix"] = original
+                changed = True
+        if changed:
+            output.path.write_bytes(with_text(data, {"prompt": json.dumps(prompt)}))

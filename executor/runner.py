@@ -30,7 +30,7 @@ from ..nodes import jobcontext
 from . import checks
 from .boot import BootSettings, Comfy, boot
 from .errors import JobError
-from .outputs import OutputFile, collect
+from .outputs import OutputFile, collect, restore_prefixes
 from .progress import ProgressCallback, ProgressTracker
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class Executor:
         if refused is not None:
             result.error = refused
             return result
-        _isolate_outputs(prompt, ws.name)
+        prefixes = _isolate_outputs(prompt, ws.name)
         inputs = ws.input_dir if ws.input_dir.is_dir() else comfy.empty_input
         comfy.folder_paths.set_input_directory(str(inputs))
         comfy.server.listener, self._tracker = listener, tracker
@@ -397,6 +397,7 @@ class Executor:
                 result.files, result.datas = collect(
                     ui_outputs, prompt.keys(), {"output": comfy.output_dir}
                 )
+                restore_prefixes(result.files, prefixes)
             if result.error is not None and result.error.code == "out_of_memory":
                 comfy.model_management.soft_empty_cache()
             return result
@@ -538,13 +539,16 @@ def _extra_data(
     return extra
 
 
-def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
+def _isolate_outputs(prompt: dict[str, Any], folder: str) -> dict[str, tuple[str, Any]]:
     """Prefix every ``filename_prefix`` with the run's folder: files land in its workspace.
 
     It also changes the save nodes' inputs, so an identical re-submitted workflow (even under
     the same job id) re-runs its save nodes and returns files, while upstream stays cached.
+    Returns each changed node's (prefix given to ComfyUI, the user's value), so that the
+    files' metadata can say what the user wrote.
     """
-    for node in prompt.values():
+    changed: dict[str, tuple[str, Any]] = {}
+    for node_id, node in prompt.items():
         inputs = node.get("inputs") if isinstance(node, dict) else None
         if not isinstance(inputs, dict) or "filename_prefix" not in inputs:
             continue
@@ -556,7 +560,10 @@ def _isolate_outputs(prompt: dict[str, Any], folder: str) -> None:
         # A literal that is not a string is str()-ed by ComfyUI's validation: do it first.
         parts = str(prefix).replace("\\", "/").split("/")
         kept = [p for p in parts if p not in ("", ".", "..")] or ["ComfyUI"]
+        if not isinstance(inputs["filename_prefix"], list):
+            changed[str(node_id)] = ("/".join([folder, *kept]), inputs["filename_prefix"])
         inputs["filename_prefix"] = "/".join([folder, *kept])
+    return changed
 
 
 def _app_text(prompt: Mapping[str, Any], link: list[Any]) -> str | None:

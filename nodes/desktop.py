@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import ipaddress
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from . import userconfig
+from .lacks import lacking
 from .pngtext import with_text
 from .remote import offset_seeds
 from .runpod_api import DEFAULT_BASE_URL, FINAL, RunPodAuthError, RunPodClient, RunPodError
@@ -53,6 +55,11 @@ MAX_PREVIEW = 256 * 1024
 #: At most this many marked nodes from a remote validation failure.
 MAX_NODE_ERRORS = 100
 SETTINGS_HINT = "Settings (gear) → RunPod"
+#: What queueing without a key answers (a loopback base URL may need none: ``_is_loopback``).
+NO_KEY = (
+    f"No RunPod API key: set it in {SETTINGS_HINT} → API key (or RUNPOD_API_KEY, or "
+    f"runpod_api_key in user/{userconfig.FILE_NAME})."
+)
 
 
 def is_desktop_server(instance: Any) -> bool:
@@ -157,23 +164,38 @@ class Desktop:
                 f"job {record['id']} is {record['status']}; only failed, timed out or "
                 "cancelled jobs can be retried",
             )
-        [job_id] = await self._submit(record["prompt"], record.get("workflow"), 1)
+        # "Fetch models and run": again with the models the failure named (nodes/lacks.py).
+        fetch = request.can_read_body and (await _json_body(request)).get("fetchModels") is True
+        models = record.get("fetchModels") if fetch else None
+        if fetch and not models:
+            raise ApiProblem(
+                409, "nothing_to_fetch", f"job {record['id']} lacks no model it could fetch"
+            )
+        [job_id] = await self._submit(record["prompt"], record.get("workflow"), 1, models)
         self.jobs[job_id]["retryOf"] = record["id"]
         self._save()
         self._send(job_id)
         return web.json_response({"jobs": [_view(self.jobs[job_id])]})
 
     async def _submit(
-        self, prompt: dict[str, Any], workflow: dict[str, Any] | None, count: int
+        self,
+        prompt: dict[str, Any],
+        workflow: dict[str, Any] | None,
+        count: int,
+        models: list[dict[str, str]] | None = None,
     ) -> list[str]:
-        """Submit ``count`` jobs of ``prompt`` (job i adds i to the seeds); list and watch
-        them; their ids."""
+        """Submit ``count`` jobs of ``prompt`` (job i adds i to the seeds), with ``models``
+        to fetch first (``input.models``); list and watch them; their ids."""
         client = self._client(require=True)
+        if not client.has_key:  # a loopback serve: only one started without --api-key takes it
+            await _check_keyless(client)
         remote_prompt, images = await asyncio.to_thread(collect_inputs, prompt, _input_dir())
         # previews: the row shows the sampler's latest latent preview while the job runs.
         job_input: dict[str, Any] = {"tobase64": True, "previews": True}
         if images:
             job_input["images"] = images
+        if models:
+            job_input["models"] = models
         try:
             ids = await asyncio.gather(
                 *(
@@ -288,14 +310,10 @@ class Desktop:
                 f"No RunPod endpoint id: set it in {SETTINGS_HINT} → Endpoint id "
                 "(or COMFYUI_RUNPOD_ENDPOINT_ID).",
             )
-        if require and not config.api_key:
-            raise ApiProblem(
-                400,
-                "no_api_key",
-                f"No RunPod API key: set it in {SETTINGS_HINT} → API key (or RUNPOD_API_KEY, "
-                f"or runpod_api_key in user/{userconfig.FILE_NAME}).",
-            )
-        if require and not config.key_fits:
+        keyless = not config.api_key and _is_loopback(config.url)  # a local serve may need none
+        if require and not config.api_key and not keyless:
+            raise ApiProblem(400, "no_api_key", NO_KEY)
+        if require and config.api_key and not config.key_fits:
             raise ApiProblem(400, "no_api_key", _key_elsewhere(config))
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
@@ -399,6 +417,7 @@ class Desktop:
             error = status.get("error") or (output or {}).get("error")
             record["error"] = str(error) if error else state.lower().replace("_", " ")
             record["nodeErrors"] = _node_errors(output)
+            record["lacks"], record["fetchModels"] = lacking(output, record.get("workflow"))
             self._finish(record)
         return _view(record) != before
 
@@ -590,7 +609,8 @@ def _name_from(entry: str, index: int) -> str:
 
 def _view(record: dict[str, Any]) -> dict[str, Any]:
     """What the page sees of a job (never the graph, never credentials)."""
-    view = {k: v for k, v in record.items() if k not in ("prompt", "workflow")}
+    view = {k: v for k, v in record.items() if k not in ("prompt", "workflow", "fetchModels")}
+    view["canFetch"] = bool(record.get("fetchModels"))  # the URLs stay here
     view["retryable"] = record["status"] in RETRYABLE and isinstance(record.get("prompt"), dict)
     return view
 
@@ -656,6 +676,32 @@ def _node_errors(output: Any) -> dict[str, Any] | None:
     return marks or None
 
 
+def _is_loopback(url: str) -> bool:
+    """Whether ``url`` is on this machine (``127.0.0.1``, ``::1``, ``localhost``): there a
+    ``comfyui-runpod serve`` started without ``--api-key`` takes jobs without a key."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _check_keyless(client: RunPodClient) -> None:
+    """Ask the loopback endpoint's ``health`` without a key before any input file goes to
+    it: a 401 means it was started with a key, and the notice says where to enter it."""
+    try:
+        await client.health()
+    except RunPodAuthError:
+        raise ApiProblem(
+            400, "no_api_key", f"{NO_KEY} {client.url} asks for one: it is a `comfyui-runpod "
+            "serve` started with --api-key (or COMFYUI_RUNPOD_API_KEY), so enter that key."
+        ) from None  # fmt: skip
+    except RunPodError as exc:
+        raise ApiProblem(502, "remote", str(exc)) from None
+
+
 def _key_elsewhere(config: userconfig.EndpointConfig) -> str:
     """Why a key that is set is not sent: it was entered for another origin."""
     here = userconfig.origin(config.url)
@@ -683,6 +729,8 @@ def _settings_view() -> dict[str, Any]:
         "apiKeySource": config.api_key_source,
         # the origin the key goes to: a base URL elsewhere needs the key entered again
         "apiKeyFor": userconfig.origin(config.url),
+        # loopback: a `comfyui-runpod serve` started without --api-key takes jobs without one
+        "apiKeyOptional": not config.api_key and _is_loopback(config.url),
         "apiKeyProblem": None if config.key_fits or not config.api_key else _key_elsewhere(config),
         "configFile": f"user/{userconfig.FILE_NAME}",
     }

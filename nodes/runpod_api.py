@@ -88,6 +88,14 @@ class RunPodClient:
     async def status(self, job_id: str) -> dict[str, Any]:
         return await self._call("GET", f"status/{job_id}")
 
+    async def health(self) -> dict[str, Any]:
+        return await self._call("GET", "health")
+
+    @property
+    def has_key(self) -> bool:
+        """Whether requests carry an API key (never the key itself)."""
+        return bool(self._headers)
+
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self._call("POST", f"cancel/{job_id}")
 

@@ -407,7 +407,7 @@ def test_worker_and_apps_commands(tmp_path: Path) -> None:
 
     done = cli(tmp_path, "apps", str(APPS), "--cpu", "--work-dir", str(tmp_path / "w2"))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "color\n  color: integer 0..1.67772e+07 (default 2113632): Fill colour" in done.stdout
+    assert "color\n  color: integer 0..16777215 (default 2113632): Fill colour" in done.stdout
     assert "  picture: image (required): Any image" in done.stdout
     done = cli(
         tmp_path,

@@ -193,3 +193,17 @@ def test_convert_an_api_format_file_passes_it_through(tmp_path: Path, invert_fil
     copied, _ = cli("convert", str(invert_file), "--cpu", "--out-dir", "out", cwd=tmp_path)
     assert copied.returncode == 0, copied.stderr[-3000:]
     assert json.loads((tmp_path / "out" / "invert.api.json").read_text()) == workflows.invert()
+
+
+def test_comfyuis_boot_noise_only_with_verbose(tmp_path: Path, invert_file: Path) -> None:
+    """ComfyUI's own boot INFO lines (comfy_kitchen's probed backends on 0.33, "Total VRAM"
+    on a CPU machine, database migrations) need ``-v``; the boot's own lines stay."""
+    quiet, _ = cli("run", str(invert_file), "--cpu", "--out", str(tmp_path / "q"), cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert "ready on cpu" in quiet.stderr and "using ComfyUI" in quiet.stderr
+    for noise in ("Total VRAM", "comfy_kitchen", "alembic", "Set vram state", " root: "):
+        assert noise not in quiet.stderr, quiet.stderr[-3000:]
+    loud, _ = cli(
+        "-v", "run", str(invert_file), "--cpu", "--out", str(tmp_path / "l"), cwd=tmp_path
+    )
+    assert loud.returncode == 0 and "Total VRAM" in loud.stderr, loud.stderr[-3000:]

@@ -136,8 +136,8 @@ def test_png_text_keeps_pixels() -> None:
 
 
 class FakeEndpoint:
-    """A loopback host answering as RunPod does (``/run`` an id, ``/status`` COMPLETED);
-    it records each request's path, ``Authorization`` header and body."""
+    """A loopback host answering as RunPod does (``/run`` an id, ``/status`` COMPLETED;
+    401 without a key); it records each request's path, ``Authorization`` header and body."""
 
     def __init__(self) -> None:
         seen = self.requests = []
@@ -146,8 +146,12 @@ class FakeEndpoint:
 
         class Handler(QuietHandler):
             def answer(self, body: dict) -> None:
+                if self.headers.get("Authorization") is None:  # as a serve with a key
+                    body, status = {"error": "missing or wrong API key"}, 401
+                else:
+                    status = 200
                 data = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -233,7 +237,8 @@ def test_a_base_url_on_another_origin_needs_the_key_again(bare_desktop, endpoint
 
     away = settings(desktop, baseUrl=f"{foreign.origin}/v2")
     status, refused = queue_http(desktop, graph)
-    assert foreign.requests == []
+    # A loopback host may be a key-less serve: asked (health, no key), never given files.
+    assert foreign.runs() == [] and [r[1] for r in foreign.requests] == [None]
     assert (status, refused["code"]) == (400, "no_api_key")
     assert refused["error"].startswith("No RunPod API key: set it in Settings (gear) → RunPod")
     assert away["apiKeySet"] is False and away["apiKeyFor"] == foreign.origin

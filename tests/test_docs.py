@@ -8,13 +8,18 @@ relative paths (``examples/…``) point.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTED_URL = "http://127.0.0.1:8000"
@@ -37,6 +42,8 @@ def at(block: str, url: str) -> str:
 def run_block(command: list[str], block: str) -> str:
     # A newcomer's shell: no RunPod settings of its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNPOD_")}
+    # ... with the package installed: its console script on PATH, as after `make setup`.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     done = subprocess.run(
         [*command, block], capture_output=True, text=True, cwd=REPO, env=env, timeout=120
     )
@@ -100,3 +107,177 @@ def test_readme_names_every_comfyui_install_option() -> None:
             assert option in ("-h", "--help") or option in readme, option
             assert option in ("-h", "--help") or action.help, option
     assert "`--force`" in readme and "`--source git`" in readme
+
+
+def test_readme_app_example_runs_as_written(make_pipeline, tmp_path) -> None:
+    """``serve --apps examples/apps``, then the README's block: ``apps`` lists the shipped
+    apps with whole-number ranges, the curl call runs ``fill``, ``/docs`` answers."""
+    from dataclasses import replace
+
+    from comfyui_runpod.executor.apps import AppStore
+    from servekit import ServeThread
+
+    [block] = readme_blocks("Workflow apps: named, typed inputs", "bash")
+    pipeline = make_pipeline()
+    pipeline.settings = replace(pipeline.settings, apps=AppStore(REPO / "examples" / "apps"))
+    running = ServeThread(pipeline)
+    try:
+        stdout = run_block(["bash", "-e", "-c"], at(block, running.url))
+    finally:
+        running.stop()
+    listing, rest = stdout.split("{", 1)
+    assert "fill\n  color: integer 0..16777215 (default 2113632): Fill colour" in listing
+    assert (
+        "  size: integer 8..1024 (default 64)" in listing and "invert\n  picture: image" in listing
+    )
+    result, end = json.JSONDecoder().raw_decode("{" + rest)
+    page = ("{" + rest)[end:]
+    assert result["status"] == "COMPLETED", result
+    [png] = result["output"]["files"]
+    with Image.open(io.BytesIO(base64.b64decode(png))) as image:
+        assert image.size == (32, 32) and image.getpixel((0, 0)) == (255, 0, 0)
+    assert page.lstrip().lower().startswith("<!doctype html") and "fill" in page, page
+
+
+def test_deploy_send_jobs_block_runs_against_serve(serve) -> None:
+    """docs/deploy.md's *Send jobs* calls, with RunPod's address swapped for a local serve
+    that has a key (the hosted API's shape; RunPod's cloud cannot be reached from here)."""
+    text = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    [block] = [b for b in page_blocks("deploy.md") if b.section == "## 6. Send jobs"]
+    running = serve(api_key="deploy-doc-key")
+    env = {
+        "ENDPOINT_ID": "local",
+        "RUNPOD_API_KEY": "deploy-doc-key",
+        "JOB_ID": "no-such-job",
+    }
+    local = block.text.replace("https://api.runpod.ai/v2", f"{running.url}/v2")
+    assert local != block.text and "api.runpod.ai" in text
+    done = subprocess.run(
+        ["bash", "-e", "-c", local], capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    sync, queued, status, health = json_values(done.stdout)
+    assert sync["status"] == "COMPLETED" and sync["output"]["datas"], sync
+    assert queued["status"] == "IN_QUEUE" and queued["id"]
+    assert "error" in status and "jobs" in health
+
+
+# -- every shell and Python block: run above, or marked with why not -----------------------
+
+#: A block's first line when it cannot run here; the reason follows on that line.
+MARK = "# not run by the tests:"
+SHELLS = ("bash", "sh", "shell", "console", "python")
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    section: str
+    language: str
+    text: str
+
+    @property
+    def first(self) -> str:
+        return self.text.splitlines()[0] if self.text else ""
+
+
+def page_blocks(name: str) -> list[Block]:
+    path = REPO / name if name == "README.md" else REPO / "docs" / name
+    text, section, found = path.read_text(encoding="utf-8"), "", []
+    pattern = r"^(#{1,4} [^\n]*)$|^```(\w*)\n(.*?)^```$"
+    for match in re.finditer(pattern, text, flags=re.M | re.S):
+        if match.group(1):
+            section = match.group(1)
+        elif match.group(2) in SHELLS:
+            found.append(Block(name, section, match.group(2), match.group(3)))
+    return found
+
+
+#: Blocks a test here runs: (page, section, language) → that test.
+RUN = {
+    ("README.md", "## Send a job", "bash"): test_readme_curl_examples_run_as_written,
+    ("README.md", "## Send a job", "python"): test_readme_python_sdk_example_runs_as_written,
+    ("README.md", "## Workflow apps: named, typed inputs", "bash"): (
+        test_readme_app_example_runs_as_written
+    ),
+    ("deploy.md", "## 6. Send jobs", "bash"): test_deploy_send_jobs_block_runs_against_serve,
+}
+_PARSED = "command below is parsed with the real CLI"
+_NO_DOCKER = "No Docker engine runs on this project's CI machines"
+#: Blocks of pages another change owns, not marked in the block itself: (page, how its
+#: first line starts, the page's own visible sentence that says why; None: only here).
+ELSEWHERE = [
+    ("deploy.md", "comfyui-runpod worker --extra-model-paths /comfyui/", _PARSED),
+    ("deploy.md", "comfyui-runpod serve --host=0.0.0.0 --port=8000 ", _PARSED),
+    ("deploy.md", "docker ", _NO_DOCKER),
+    ("deploy.md", "mkdir -p models/checkpoints    # put model files", _NO_DOCKER),
+    # my_workflow.json stands for the reader's own file; tests/test_convert.py runs convert.
+    ("saved-workflows.md", "comfyui-runpod convert my_workflow.json > ", None),
+    # needs a desktop ComfyUI, chromium and minutes; tests/oracle/ checks what it made.
+    ("saved-workflows.md", 'export COMFYUI_PATH="$(.venv/bin/comfyui-runpod comfyui ', None),
+]
+
+
+def all_blocks() -> list[Block]:
+    pages = ["README.md", *sorted(p.name for p in (REPO / "docs").glob("*.md"))]
+    return [block for page in pages for block in page_blocks(page)]
+
+
+def test_every_shell_and_python_block_is_run_or_says_why_not() -> None:
+    """A block is run by a test here (``RUN``), or its first line says why not (``MARK``),
+    or, on a page another change owns, the page says why (``ELSEWHERE``). A new block, or a
+    run block that moved or changed language, fails here until one of them holds."""
+    unaccounted, run = [], set()
+    for block in all_blocks():
+        key = (block.page, block.section, block.language)
+        if key in RUN:
+            run.add(key)
+            continue
+        if block.first.startswith(MARK):
+            assert len(block.first) > len(MARK) + 10, f"{block.page}: a mark needs its reason"
+            continue
+        why = [
+            p
+            for page, start, p in ELSEWHERE
+            if (page, start) == (block.page, block.first[: len(start)])
+        ]
+        if why:
+            page = REPO / ("README.md" if block.page == "README.md" else f"docs/{block.page}")
+            visible = " ".join(page.read_text(encoding="utf-8").split())
+            assert why[0] is None or why[0] in visible, why[0]
+            continue
+        unaccounted.append(f"{block.page} {block.section}: {block.first}")
+    assert unaccounted == [], "\n".join(unaccounted)
+    assert run == set(RUN), f"no longer there: {set(RUN) - run}"
+
+
+def test_deploy_env_table_is_generated_from_the_cli() -> None:
+    """docs/deploy.md's table between its markers is what the CLI's definitions give;
+    refresh it with ``python -m comfyui_runpod.executor.envtable docs/deploy.md``."""
+    from comfyui_runpod.executor import envtable
+    from comfyui_runpod.executor.cli import _parser
+
+    text = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    with envtable.documented_defaults():
+        fresh = envtable.render(text, _parser())
+    assert fresh == text, "stale: run python -m comfyui_runpod.executor.envtable docs/deploy.md"
+
+
+#: Variables the RunPod platform sets for the SDK; operators do not.
+PLATFORM = {"RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_POST_OUTPUT", "RUNPOD_REALTIME_PORT"}
+
+
+OWN_VARIABLE = r"[\"'`\s]((?:COMFYUI|COMFY|RUNPOD|BUCKET|AZURE)_[A-Z0-9_]*[A-Z0-9])\b"
+
+
+def test_every_variable_the_code_reads_is_in_the_table() -> None:
+    text = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    table = text[text.index("<!-- env-table") : text.index("<!-- /env-table -->")]
+    read = set()
+    for path in [*REPO.glob("executor/**/*.py"), *REPO.glob("nodes/*.py")]:
+        source = path.read_text(encoding="utf-8")
+        read |= set(re.findall(OWN_VARIABLE, source))
+    # RUNPOD_DEBUG_LEVEL: the SDK's older name, read only to leave it alone.
+    missing = sorted(read - PLATFORM - {"RUNPOD_DEBUG_LEVEL"} - set(re.findall(r"`(\w+)`", table)))
+    assert missing == [], missing

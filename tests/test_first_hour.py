@@ -16,8 +16,17 @@ from comfyui_runpod.nodes import desktop as desktop_module
 from comfyui_runpod.nodes import runpod_api
 from comfyui_runpod.nodes.runpod_api import RunPodClient, RunPodError
 from httpkit import http
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+INVERT = {
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0},
+    },
+    "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+    "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inv"}},
+}
 
 
 def closed_port() -> int:
@@ -112,3 +121,50 @@ def test_an_empty_desktop_graph_says_it_is_empty(executor: Executor) -> None:
     status, body = asyncio.run(scenario())
     assert status == 400
     assert body == {"error": "the graph is empty: add nodes, then queue", "code": "invalid"}
+
+
+def test_a_near_miss_model_folder_names_the_closest(make_pipeline) -> None:
+    """``lora`` for ``loras``: the answer names the folder meant, before any download."""
+    pipeline = make_pipeline()
+    model = {"url": "https://example.invalid/x.safetensors", "folder": "lora"}
+    result = pipeline.run_sync({"id": "j", "input": {"workflow": INVERT, "models": [model]}})
+    assert result["error_code"] == "invalid_input"
+    assert result["error"].endswith(
+        "folder 'lora' is not a ComfyUI model folder; did you mean 'loras'?"
+    )
+
+
+def test_a_far_miss_model_folder_lists_the_folders(make_pipeline) -> None:
+    pipeline = make_pipeline()
+    model = {"url": "https://example.invalid/x.safetensors", "folder": "zzzz"}
+    result = pipeline.run_sync({"id": "j", "input": {"workflow": INVERT, "models": [model]}})
+    assert "'zzzz' is not a ComfyUI model folder (e.g. checkpoints, loras" in result["error"]
+    assert "upscale_models" in result["error"] and "custom_nodes" not in result["error"]
+
+
+def test_a_missing_load_image_file_says_how_to_send_it(make_pipeline) -> None:
+    pipeline = make_pipeline()
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}},
+    }
+    result = pipeline.run_sync({"id": "j", "input": {"workflow": workflow}})
+    assert result["error_code"] == "validation_failed", result
+    assert "photo.png" in result["error"]
+    assert "input.images" in result["error"] and "--image photo.png=PATH" in result["error"]
+
+
+def test_run_outputs_keep_the_users_filename_prefix_in_their_metadata(make_pipeline) -> None:
+    """The run's folder is prefixed inside the worker so files land in its workspace; the
+    PNG's ``prompt`` chunk, which reloads the graph, says what the user wrote."""
+    pipeline = make_pipeline()
+    workflow = json.loads(json.dumps(INVERT))
+    workflow["3"]["inputs"]["filename_prefix"] = "mine/inverted"
+    result = pipeline.run_sync({"id": "prefix-job", "input": {"workflow": workflow}})
+    assert "error" not in result, result
+    [path] = result["files"]
+    with Image.open(path) as image:
+        prompt = json.loads(image.text["prompt"])
+        assert image.size == (8, 8)
+    assert prompt["3"]["inputs"]["filename_prefix"] == "mine/inverted"
+    assert Path(path).name == "inverted_00001_.png"

@@ -45,11 +45,13 @@ async function queueOnRunPod() {
   }
 }
 
-async function retry(id) {
+// fetchModels: "Fetch models and run", the same graph with the models its failure lacked.
+async function retry(id, fetchModels = false) {
   try {
-    const answer = await call(`/runpod/jobs/${encodeURIComponent(id)}/retry`, {});
+    const answer = await call(`/runpod/jobs/${encodeURIComponent(id)}/retry`, fetchModels ? { fetchModels } : {});
     for (const job of answer.jobs) upsert(job);
-    toast("info", "Retried on RunPod", answer.jobs.map((j) => j.id).join(", "));
+    toast("info", fetchModels ? "Fetching models and running on RunPod" : "Retried on RunPod",
+      answer.jobs.map((j) => j.id).join(", "));
   } catch (error) {
     toast("error", "Retry failed", error.message);
   }
@@ -98,6 +100,8 @@ function markNodeErrors(job) {
 // -- settings: rendered by hand so that nothing lands in comfy.settings.json ---------------
 
 let settingsCache = null;
+// The API key field's tooltip on a loopback base URL with no key set.
+const LOCAL_NO_KEY = "Leave empty for a local `comfyui-runpod serve` started without --api-key.";
 async function settings(refresh = false) {
   if (!settingsCache || refresh) settingsCache = await call("/runpod/settings");
   return settingsCache;
@@ -120,7 +124,7 @@ function settingInput(field, { secret = false } = {}) {
         input.value = "";
         input.placeholder = s.apiKeySet ? `•••••••• set (${s.apiKeySource})`
           : `not set for ${s.apiKeyFor}`;
-        input.title = s.apiKeyProblem || input.title;
+        input.title = s.apiKeyProblem || (s.apiKeyOptional ? LOCAL_NO_KEY : input.title);
       } else {
         input.value = s[field] || "";
         input.placeholder = field === "baseUrl" ? s.defaultBaseUrl : "";
@@ -176,9 +180,12 @@ function drawRow(job) {
         <button class="runpod-cancel p-button p-button-sm p-button-text" title="Cancel"><i class="pi pi-times"></i></button></div>
       <div class="runpod-bar"><div></div></div>
       <div class="runpod-times"></div><div class="runpod-error"></div>
+      <ul class="runpod-lacks"></ul>
+      <button class="runpod-fetch p-button p-button-sm">Fetch models and run</button>
       <img class="runpod-preview" alt="live preview">
       <div class="runpod-thumbs"></div>`;
     row.querySelector(".runpod-retry").addEventListener("click", () => retry(job.id));
+    row.querySelector(".runpod-fetch").addEventListener("click", () => retry(job.id, true));
     row.querySelector(".runpod-cancel").addEventListener("click", async () => {
       try {
         upsert(await call(`/runpod/jobs/${encodeURIComponent(job.id)}/cancel`, {}));
@@ -198,6 +205,15 @@ function drawRow(job) {
     `delay ${seconds(job.delayTime)} · execution ${seconds(job.executionTime)}` +
     (job.progress?.class ? ` · ${job.progress.class}` : "");
   row.querySelector(".runpod-error").textContent = job.error || "";
+  // What the endpoint lacks, in words (nodes/lacks.py), and the one action that helps.
+  const lacks = job.lacks ?? [];
+  row.querySelector(".runpod-lacks").replaceChildren(...lacks.map((line) => {
+    const item = document.createElement("li");
+    item.textContent = line;
+    return item;
+  }));
+  row.querySelector(".runpod-lacks").style.display = lacks.length ? "" : "none";
+  row.querySelector(".runpod-fetch").style.display = job.canFetch && job.retryable ? "" : "none";
   row.querySelector(".runpod-cancel").style.display = ACTIVE.has(job.status) ? "" : "none";
   row.querySelector(".runpod-retry").style.display = job.retryable ? "" : "none";
   const preview = row.querySelector(".runpod-preview");
@@ -237,6 +253,8 @@ const STYLE = `
 .runpod-bar { height: 4px; background: rgba(127,127,127,0.3); border-radius: 2px; margin: 0.3rem 0; }
 .runpod-bar > div { height: 100%; background: #2196f3; border-radius: 2px; transition: width 0.2s; }
 .runpod-error { color: #f44336; white-space: pre-wrap; }
+.runpod-lacks { margin: 0.3rem 0; padding-left: 1.2rem; }
+.runpod-fetch { margin-top: 0.2rem; }
 .runpod-thumbs { display: flex; flex-wrap: wrap; gap: 4px; margin-top: 4px; }
 .runpod-thumbs img { width: 64px; height: 64px; object-fit: contain; cursor: pointer; image-rendering: pixelated; background: #222; }
 .runpod-empty { opacity: 0.7; }`;
