@@ -43,6 +43,15 @@ RESULTS = BENCH / "results"
 # -- workflows --------------------------------------------------------------------------------
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """A process's resident memory now (Linux ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+        / 1024
+    )
+
+
 def invert_prompt(color: int, size: int = 64, prefix: str = "b") -> dict[str, Any]:
     """The model-free job: EmptyImage(color) → ImageInvert → SaveImage.
 
@@ -139,9 +148,11 @@ def boot_executor(
     cpu: bool = True,
     custom_node_dirs: Sequence[Path] = (),
     api_nodes: bool = True,
+    lazy: bool = True,
 ) -> Any:
     """Our in-process ComfyUI, on the CPU unless ``cpu=False`` (then CUDA), as
-    ``comfyui-runpod run/worker/serve`` boot it (partner nodes unless ``api_nodes=False``)."""
+    ``comfyui-runpod run/worker/serve`` boot it (partner nodes unless ``api_nodes=False``;
+    lazy unless ``lazy=False``, as ``--no-lazy``)."""
     from comfyui_runpod.executor import BootSettings, Executor
 
     executor = Executor(
@@ -152,6 +163,7 @@ def boot_executor(
             extra_model_paths=tuple(extra_model_paths),
             custom_node_dirs=tuple(custom_node_dirs),
             load_api_nodes=api_nodes,
+            lazy=lazy,
         )
     )
     executor.start()

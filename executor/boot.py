@@ -18,7 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from .deferred_imports import deferring
+from . import dynamic_vram, nodeindex, packs
+from .deferred_imports import deferring, lazily
 from .locate import ComfyLocation, find_comfyui, is_comfyui_tree, read_version
 from .node_imports import FailedModule, ImportReport
 
@@ -28,6 +29,14 @@ Listener = Callable[[str, Any], None]
 #: What ComfyUI's ``server`` imports for its HTTP server alone (0.33: the assets database,
 #: SQLAlchemy, Alembic): stand-ins until first use, as this process serves no ComfyUI HTTP.
 SERVER_ONLY = ("app.assets",)
+#: What ComfyUI imports at start for model families and features a job may never use —
+#: its model architectures and text encoders, and the third-party modules only they or a
+#: compile need (torch._dynamo alone is ~1 s) — as (names, prefixes): each module's code
+#: runs on first use (executor/deferred_imports.py ``lazily``).
+LAZY_MODULES = (
+    ("torch._dynamo", "torchvision", "scipy.stats", "comfy.sd1_clip", "comfy.sdxl_clip"),
+    ("comfy.text_encoders.", "comfy.ldm."),
+)
 
 
 @dataclass
@@ -47,6 +56,13 @@ class BootSettings:
     #: ComfyUI's partner (API) nodes (``comfy_api_nodes/``), on as in ComfyUI's server;
     #: ``comfy_args={"disable_api_nodes": True}`` turns them off too, as in ``main.py``.
     load_api_nodes: bool = True
+    #: Import each of ComfyUI's built-in node modules when a type of it is first asked
+    #: for (executor/nodeindex.py), once an index of them exists, and its model families
+    #: on first use (``LAZY_MODULES``); False imports everything at boot, as ComfyUI's
+    #: server does (and rebuilds the index).
+    lazy: bool = True
+    #: Where the node index is cached (default: ``~/.cache/comfyui-runpod/node-index``).
+    node_index_dir: Path | None = None
 
 
 @dataclass
@@ -67,8 +83,13 @@ class Comfy:
     empty_input: Path
     #: Parent of the per-job input folders.
     job_inputs: Path
-    #: Node modules (ComfyUI's own and custom packs) that failed to import at boot.
+    #: Node modules (ComfyUI's own and custom packs) that failed to import at boot, or
+    #: on first use.
     failed_modules: list[FailedModule]
+    #: Which model patcher loads models: DynamicVRAM's where ComfyUI's ``main.py`` uses it.
+    model_patcher: str = "ModelPatcher"
+    #: The node index this boot read or wrote (None: it could not be saved).
+    node_index: Path | None = None
 
 
 class HeadlessServer:
@@ -151,28 +172,27 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         utils.extra_config.load_extra_path_config(str(yaml_path))
     for custom_dir in settings.custom_node_dirs:
         folder_paths.add_model_folder_path("custom_nodes", str(Path(custom_dir).resolve()))
+        packs.add_requirement_paths(custom_dir)  # `nodes install` put them beside the packs
     _drop_missing_node_folders(folder_paths)
 
-    import comfy.model_management as model_management
-    import execution
+    dynamic_vram.init_early(args)
+    with lazily(*LAZY_MODULES if settings.lazy else ((), ())) as unused:
+        import comfy.model_management as model_management
+        import execution
 
-    _report_dynamic_vram()
-    import nodes
+        patcher = dynamic_vram.init_devices(args, model_management)
+        import nodes
 
     with deferring(SERVER_ONLY) as deferred:
         import server
     log.debug("deferred until first use: %s", ", ".join(deferred()) or "nothing")
+    log.debug("not run until first use: %s", ", ".join(unused()) or "nothing")
 
     headless = HeadlessServer()
     server.PromptServer.instance = headless
     _register_own_nodes(nodes)
     api_nodes = settings.load_api_nodes and not getattr(args, "disable_api_nodes", False)
-    with ImportReport(location.path).capturing() as report:
-        loop.run_until_complete(
-            nodes.init_extra_nodes(
-                init_custom_nodes=settings.load_custom_nodes, init_api_nodes=api_nodes
-            )
-        )
+    index_file, failed = _load_nodes(nodes, location, settings, api_nodes, loop)
     _redact_api_request_logs()
     # ~0.5 M long-lived objects now exist: keep them out of every later full collection
     # (130-460 ms each) and out of interpreter teardown (1.5 s at `run` exit).
@@ -180,13 +200,15 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
     gc.freeze()
     device = str(model_management.get_torch_device())
     elapsed = time.perf_counter() - started
-    failed = report.failed
+    mappings = nodes.NODE_CLASS_MAPPINGS
+    deferred = len(mappings) - dict.__len__(mappings)
     log.info(
-        "ComfyUI %s ready on %s in %.1fs: %d node types%s",
+        "ComfyUI %s ready on %s in %.1fs: %d node types%s%s",
         location.version,
         device,
         elapsed,
-        len(nodes.NODE_CLASS_MAPPINGS),
+        len(mappings),
+        f" ({deferred} of them imported on first use)" if deferred else "",
         f", {len(failed)} node modules failed to import (above)" if failed else "",
     )
     return Comfy(
@@ -203,7 +225,61 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         empty_input=dirs["input"],
         job_inputs=dirs["job-inputs"],
         failed_modules=failed,
+        model_patcher=patcher,
+        node_index=index_file,
     )
+
+
+def _load_nodes(
+    nodes: ModuleType,
+    location: ComfyLocation,
+    settings: BootSettings,
+    api_nodes: bool,
+    loop: asyncio.AbstractEventLoop,
+) -> tuple[Path | None, list[FailedModule]]:
+    """ComfyUI's ``init_extra_nodes``, minus the built-in node modules when an index of
+    them exists: those then load on first use. Returns the index file and the node modules
+    that failed (a list that grows if one fails on first use)."""
+    key = nodeindex.index_key(location.path, api_nodes)
+    directory = settings.node_index_dir or nodeindex.cache_dir()
+    index = nodeindex.load(key, directory) if settings.lazy else None
+    report = ImportReport(location.path)
+    if index is None:
+        with report.capturing(), nodeindex.recording(nodes, key) as make_index:
+            loop.run_until_complete(
+                nodes.init_extra_nodes(
+                    init_custom_nodes=settings.load_custom_nodes, init_api_nodes=api_nodes
+                )
+            )
+        return nodeindex.save(make_index(report.failed), directory), report.failed
+    failed = list(index.failed)
+    for module in failed:
+        log.warning("node module failed to import: %s", module.line)
+
+    def load(provider: nodeindex.Provider, final: bool) -> bool:
+        """One try; a failure is reported only when ``final`` (a retry may follow)."""
+        first_use = ImportReport(location.path)
+        with first_use.capturing(report=final):
+            nodeindex.run_now(nodes.load_custom_node(provider.path, module_parent=provider.parent))
+        if final:
+            failed.extend(first_use.failed)
+        return not first_use.failed
+
+    nodes.NODE_CLASS_MAPPINGS = nodeindex.LazyNodeClasses(
+        nodes.NODE_CLASS_MAPPINGS, index.providers, load
+    )
+    for name, title in index.display_names.items():
+        nodes.NODE_DISPLAY_NAME_MAPPINGS.setdefault(name, title)
+    with report.capturing():
+        loop.run_until_complete(nodes.init_public_apis())
+        for provider in index.at_boot:
+            loop.run_until_complete(
+                nodes.load_custom_node(provider.path, module_parent=provider.parent)
+            )
+        if settings.load_custom_nodes:
+            loop.run_until_complete(nodes.init_external_custom_nodes())
+    failed.extend(report.failed)
+    return directory / f"{key}.json", failed
 
 
 def _register_own_nodes(nodes: ModuleType) -> None:
@@ -251,18 +327,3 @@ def _drop_missing_node_folders(folder_paths: ModuleType) -> None:
         if folder not in present:
             log.info("no custom node folder at %s: skipped", folder)
     folder_paths.folder_names_and_paths["custom_nodes"] = (present, extensions)
-
-
-def _report_dynamic_vram() -> None:
-    """Say so where ComfyUI (0.33+, ``enables_dynamic_vram``) would use DynamicVRAM: its
-    ``main.py`` initialises comfy-aimdo before loading models, which this in-process boot
-    does not do yet, so models load with the classic ModelPatcher (as with ComfyUI's
-    ``--disable-dynamic-vram``). Never on the CPU."""
-    from comfy import cli_args
-
-    enables = getattr(cli_args, "enables_dynamic_vram", None)
-    if enables is not None and enables():
-        log.info(
-            "DynamicVRAM (comfy-aimdo) is not initialised by this boot: models load with "
-            "ComfyUI's classic ModelPatcher, as with --disable-dynamic-vram"
-        )

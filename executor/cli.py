@@ -11,7 +11,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(BOOT_NOISE)
     try:
         _check_env_numbers(args)
         return args.func(args, rest)
@@ -52,6 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:  # a boot manifest that cannot be fetched
         log.error("%s", exc.line)
         return 2
+
+
+class _BootNoise(logging.Filter):
+    """ComfyUI's own INFO lines while it boots (the comfy_kitchen backends it probed, "Total
+    VRAM" on a CPU machine, its attention choice, the database's migrations): shown with
+    ``-v`` only. The boot's own lines say what matters (which ComfyUI, the device, node
+    modules that failed); warnings and errors always pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.booting = True
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or record.name.startswith(("comfyui_runpod", "runpod")):
+            return True
+        return not (self.booting or record.name.startswith("alembic"))
+
+
+#: Installed on the stderr handler unless ``-v``; :func:`_booted` ends the boot's quiet.
+BOOT_NOISE = _BootNoise()
+
+
+def _booted(args: argparse.Namespace) -> Executor:
+    """The executor for ``args``, booted (a ComfyUINotFound or boot error raises here)."""
+    executor = Executor(boot_settings(args))
+    try:
+        executor.start()
+    finally:
+        BOOT_NOISE.booting = False
+    return executor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -261,7 +294,87 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_boot_options(node_list)
     node_list.set_defaults(func=_cmd_nodes)
+    index = sub.add_parser(
+        "index",
+        help="boot ComfyUI importing every node module and cache the index of which module "
+        "provides which node type, so later boots import each on first use (run it where "
+        "the image is built; a boot builds it when missing or stale)",
+    )
+    _add_boot_options(index)
+    index.set_defaults(func=_cmd_index)
+    _add_packs_commands(commands)
     return parser
+
+
+def _add_packs_commands(commands: Any) -> None:
+    """``nodes install`` / ``nodes list``: custom node packs in a folder that worker and
+    serve load with --custom-nodes (docs/custom-nodes.md)."""
+    packs = commands.add_parser(
+        "nodes",
+        help="install custom node packs from git into a folder (a network volume's), or list them",
+        description="Custom node packs for --custom-nodes DIR, each with its requirements "
+        "beside it in DIR (never in this venv; nothing the venv has can move). Without DIR: "
+        "/runpod-volume/custom_nodes, which the image loads. `comfyui-runpod comfyui nodes "
+        "--custom-nodes DIR` lists the node types they bring.",
+    )
+    actions = packs.add_subparsers(dest="action", required=True)
+    install = actions.add_parser(
+        "install",
+        help="clone a pack at a ref and install its requirements.txt beside it",
+        description="Clone SOURCE at REF (a tag, branch or commit; default: the default "
+        "branch) into DIR/<repository name> and install its requirements.txt into "
+        "DIR/<name>/.comfyui-runpod/site-packages: only what the venv lacks, with every "
+        "package the venv has pinned. All or nothing: on failure DIR is left as it was.",
+    )
+    install.add_argument(
+        "source",
+        metavar="SOURCE[@REF]",
+        help="https://… or git://… URL, or the path of a local git repository",
+    )
+    install.add_argument(
+        "--into", type=Path, metavar="DIR", help="the folder (default: /runpod-volume/custom_nodes)"
+    )
+    install.add_argument(
+        "--force", action="store_true", help="replace the pack if DIR already has it"
+    )
+    install.set_defaults(func=_cmd_packs_install)
+    listing = actions.add_parser("list", help="list the packs in a folder and where each came from")
+    listing.add_argument(
+        "dir", nargs="?", type=Path, help="the folder (default: /runpod-volume/custom_nodes)"
+    )
+    listing.set_defaults(func=_cmd_packs_list)
+
+
+def _cmd_packs_install(args: argparse.Namespace, _: list[str]) -> int:
+    from .packs import PackError, default_dir, install
+
+    try:
+        dest = install(args.source, args.into or default_dir(), force=args.force)
+    except PackError as exc:
+        raise UsageError(str(exc)) from None
+    print(dest)
+    return 0
+
+
+def _cmd_packs_list(args: argparse.Namespace, _: list[str]) -> int:
+    from .packs import PackError, default_dir, listing
+
+    try:
+        folder = args.dir or default_dir()
+        packs = listing(folder)
+    except PackError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {folder}: {exc.strerror or exc}") from None
+    for pack in packs:
+        if "commit" not in pack:
+            print(f"{pack['name']}  (not installed by comfyui-runpod)")
+            continue
+        needs = ", ".join(pack.get("requirements") or []) or "no requirements installed"
+        ref = pack.get("ref") or "default branch"
+        print(f"{pack['name']}  {ref} {pack['commit'][:12]}  {pack['source']}  ({needs})")
+    print(f"# {len(packs)} packs in {folder}")
+    return 0
 
 
 def _add_apps_option(parser: argparse.ArgumentParser) -> None:
@@ -331,6 +444,14 @@ def _add_boot_options(parser: argparse.ArgumentParser) -> None:
         help="do not load ComfyUI's partner (API) nodes, which ComfyUI's server loads "
         "(env COMFYUI_RUNPOD_API_NODES=0)",
     )
+    group.add_argument(
+        "--no-lazy",
+        dest="lazy",
+        action="store_false",
+        default=os.environ.get("COMFYUI_RUNPOD_LAZY", "1").lower() not in _OFF,
+        help="import all of ComfyUI at boot, as its server does, instead of each built-in "
+        "node module and model family on first use (env COMFYUI_RUNPOD_LAZY=0)",
+    )
 
 
 #: Env values that turn a default-on switch off.
@@ -348,6 +469,7 @@ def boot_settings(args: argparse.Namespace) -> BootSettings:
         extra_model_paths=tuple(args.extra_model_paths),
         custom_node_dirs=tuple(args.custom_nodes),
         load_api_nodes=args.api_nodes,
+        lazy=args.lazy,
     )
 
 
@@ -415,9 +537,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         "--allow-private-urls",
         action="store_true",
         default=os.environ.get("COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS", "") in ("1", "true", "yes"),
-        help="let media and model URLs, toUrls PUTs, a job's own bucket endpoint and serve's "
-        "webhooks reach loopback and private addresses: trusted networks and local testing "
-        "only (env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
+        help="let media and model URLs, toUrls PUTs, a job's own bucket or Azure account and "
+        "serve's webhooks reach loopback and private addresses: trusted networks and local "
+        "testing only (env COMFYUI_RUNPOD_ALLOW_PRIVATE_URLS=1)",
     )
     group.add_argument(
         "--max-workflow-nodes",
@@ -455,8 +577,8 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     media_limits = _given(
         max_media_pixels=args.max_media_pixels, download_timeout_s=args.media_download_timeout
     )
-    executor = Executor(boot_settings(args))
-    comfy = executor.start()
+    executor = _booted(args)
+    comfy = executor.comfy
     log.info("using %s on %s", comfy.location.describe(), comfy.device)
     if apps is not None and apps.saved:
         from .convert import converter_for
@@ -564,7 +686,7 @@ def _cmd_convert(args: argparse.Namespace, _: list[str]) -> int:
     if args.out_dir is None and len(args.files) > 1:
         raise SystemExit("comfyui-runpod convert: give --out-dir DIR to convert several files")
     failed = 0
-    with Executor(boot_settings(args)) as executor:  # booted once for every file
+    with _booted(args) as executor:  # booted once for every file
         convert = converter_for(executor.comfy)
         for path in args.files:
             try:
@@ -711,7 +833,7 @@ def _cmd_where(args: argparse.Namespace, _: list[str]) -> int:
 def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
     from .node_imports import summary
 
-    with Executor(boot_settings(args)) as executor:
+    with _booted(args) as executor:
         comfy = executor.comfy
         types = sorted(comfy.nodes.NODE_CLASS_MAPPINGS)
         failed = comfy.failed_modules
@@ -726,6 +848,21 @@ def _cmd_nodes(args: argparse.Namespace, _: list[str]) -> int:
     return 1 if args.strict and failed else 0
 
 
+def _cmd_index(args: argparse.Namespace, _: list[str]) -> int:
+    settings = replace(boot_settings(args), lazy=False)
+    with Executor(settings) as executor:
+        comfy = executor.comfy
+        if comfy.node_index is None:
+            return 1  # why was logged
+        print(comfy.node_index)  # alone on stdout, like `comfyui install`
+        log.info(
+            "%d node types indexed for %s",
+            len(comfy.nodes.NODE_CLASS_MAPPINGS),
+            comfy.location.describe(),
+        )
+    return 0
+
+
 def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
     if args.dir is None:
         raise SystemExit("comfyui-runpod apps: give the apps folder (or set COMFYUI_RUNPOD_APPS)")
@@ -736,7 +873,7 @@ def _cmd_apps(args: argparse.Namespace, _: list[str]) -> int:
     if args.schema is not None and args.schema not in known_names:
         known = ", ".join(sorted(known_names)) or "none"
         raise SystemExit(f"comfyui-runpod apps: no app {args.schema!r} (apps: {known})")
-    with Executor(boot_settings(args)) as executor:
+    with _booted(args) as executor:
         nodes = executor.comfy.nodes.NODE_CLASS_MAPPINGS
         store.convert_saved(converter_for(executor.comfy))
         if args.schema is not None and args.schema not in store.apps:

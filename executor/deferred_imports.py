@@ -14,6 +14,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,3 +96,84 @@ def deferring(prefixes: Sequence[str]) -> Iterator[Callable[[], list[str]]]:
             parent, _, child = name.rpartition(".")
             if isinstance(getattr(sys.modules.get(parent), child, None), _StandIn):
                 delattr(sys.modules[parent], child)
+
+
+class _Lazy(types.ModuleType):
+    """A module whose code has not run yet: the attributes the import system set
+    (``__file__``, ``__spec__``…) read without running it — so scans of ``sys.modules``
+    such as ``inspect.getmodule`` leave it alone — any other runs it first, and so does
+    importing a submodule of it (which reads the package's ``__path__``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        with _LOADING:
+            if isinstance(self, _Lazy):
+                _run(self)
+        return getattr(self, name)
+
+
+def _run(module: types.ModuleType) -> None:
+    loader = module.__dict__.pop("__lazy_loader__")
+    if "__lazy_path__" in module.__dict__:
+        module.__path__ = module.__dict__.pop("__lazy_path__")
+    module.__class__ = types.ModuleType
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        if sys.modules.get(module.__name__) is module:  # as a failed import leaves it
+            del sys.modules[module.__name__]
+        raise
+
+
+#: One module's code runs at a time, whichever thread first uses it.
+_LOADING = threading.RLock()
+
+
+class _LazyLoader(importlib.abc.Loader):
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__dict__["__lazy_loader__"] = self.loader
+        if "__path__" in module.__dict__:
+            module.__dict__["__lazy_path__"] = module.__dict__.pop("__path__")
+        module.__class__ = _Lazy
+
+
+class _LazyFinder(importlib.abc.MetaPathFinder):
+    """Answers imports of ``names`` (and of modules under ``prefixes``) with :class:`_Lazy`
+    modules."""
+
+    def __init__(self, names: Sequence[str], prefixes: Sequence[str]) -> None:
+        self.names, self.prefixes = frozenset(names), tuple(prefixes)
+        self.made: list[str] = []
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.names and not fullname.startswith(self.prefixes):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is None:
+                continue
+            if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _LazyLoader(spec.loader)
+                self.made.append(fullname)
+            return spec
+        return None
+
+
+@contextmanager
+def lazily(names: Sequence[str], prefixes: Sequence[str] = ()) -> Iterator[Callable[[], list[str]]]:
+    """While the block runs, modules named (or under a prefix) run their code only when
+    first used; after it, imports are as usual. Yields the names made lazy and still
+    unused."""
+    finder = _LazyFinder(names, prefixes)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield lambda: [name for name in finder.made if isinstance(sys.modules.get(name), _Lazy)]
+    finally:
+        sys.meta_path.remove(finder)

@@ -71,15 +71,16 @@ class ImportReport(logging.Filter):
         return False
 
     @contextmanager
-    def capturing(self) -> Iterator[ImportReport]:
-        """Catch ComfyUI's import failures while the block runs; log one line each after."""
+    def capturing(self, report: bool = True) -> Iterator[ImportReport]:
+        """Catch ComfyUI's import failures while the block runs; log one line each after
+        (unless not ``report``: a first try that is retried)."""
         root = logging.getLogger()
         root.addFilter(self)
         try:
             yield self
         finally:
             root.removeFilter(self)
-        for failed in self.failed:
+        for failed in self.failed if report else ():
             log.warning("node module failed to import: %s", failed.line)
 
 

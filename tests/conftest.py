@@ -8,17 +8,19 @@ own ``COMFYUI_PATH``. The header of the pytest run names the tree.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from comfyui_runpod.executor import BootSettings, ComfyLocation, Executor, find_comfyui
+from comfyui_runpod.executor import BootSettings, ComfyLocation, Executor, find_comfyui, nodeindex
 from comfyui_runpod.executor.delivery import DeliverySettings
 from comfyui_runpod.executor.inputs import MediaSettings
 from comfyui_runpod.executor.models import ModelSettings
 from comfyui_runpod.executor.pipeline import Pipeline, PipelineSettings
 
-pytest_plugins = ["s3server", "servekit"]
+pytest_plugins = ["azurite", "s3server", "servekit"]
 
 TESTS = Path(__file__).resolve().parent
 #: ``gpu`` boots the session's ComfyUI on CUDA (``make gpu-check`` runs the executor,
@@ -58,6 +60,7 @@ def test_device() -> str:
 def executor(tmp_path_factory: pytest.TempPathFactory, test_device: str) -> Iterator[Executor]:
     """The real ComfyUI under test (CPU unless ``test_device`` is gpu), with a test-only
     node pack (raising/slow nodes)."""
+    _index_nodes_ahead()
     settings = BootSettings(
         work_dir=tmp_path_factory.mktemp("comfy-work"),
         cpu=test_device != "gpu",
@@ -67,6 +70,16 @@ def executor(tmp_path_factory: pytest.TempPathFactory, test_device: str) -> Iter
     ex.start()
     yield ex
     ex.close()
+
+
+def _index_nodes_ahead() -> None:
+    """Boot lazily, as users do after their first boot: build the node index (one eager
+    boot in a subprocess, as ``comfyui index`` in the image) where this tree has none."""
+    location = find_comfyui()
+    if nodeindex.load(nodeindex.index_key(location.path, True), nodeindex.cache_dir()):
+        return
+    command = [sys.executable, "-m", "comfyui_runpod", "comfyui", "index", "--cpu"]
+    subprocess.run([*command, "--comfyui", str(location.path)], check=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

@@ -160,6 +160,7 @@ def test_summary_table_reads_every_report(tmp_path: Path) -> None:
     assert [r["bench"] for r in rows] == benches  # no kept-ws ratio: that row is left out
     status = {r["target"]: r["status"] for r in rows}
     assert status["b/a ≤ 1.2"] == "met" and status["c/b ≥ 5"] == "**missed**"
+    assert status["server/ours ≥ 2"] == "**missed**"  # P2's 1.4
     assert status["ours faster"] == "**tie** (±2 %)"  # P3's 1.0: a tie is not a win
     assert status["≤ 50 MB / 0 / 0"] == "met" and status["≥ 4×"] == "met"
     assert markdown.count("\n") == len(rows) + 1  # header, rule, one line per row

@@ -532,3 +532,110 @@ def test_web_ui_progress_handler_is_replaced_by_the_quiet_one(comfy: Comfy) -> N
     assert "WebUIProgressHandler(self.server)" in source, (
         f"execute_async must build the handler by its module-global name for {used_by} to work"
     )
+
+
+# -- what the lazy boot relies on (executor/nodeindex.py, executor/dynamic_vram.py) --------
+
+
+def _function(tree: ast.Module, name: str) -> ast.AsyncFunctionDef | ast.FunctionDef:
+    found = [
+        node
+        for node in tree.body
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name
+    ]
+    assert found, f"nodes.py has no {name}"
+    return found[0]
+
+
+def test_init_extra_nodes_is_the_four_steps_the_lazy_boot_replays(comfy: Comfy) -> None:
+    """boot.py:_load_nodes replaces ``init_extra_nodes`` by its own steps minus the two
+    built-in ones: a new step here would be skipped by every lazy boot."""
+    tree = parse(comfy.location.path / "nodes.py")
+    calls = [
+        node.value.func.id
+        for node in ast.walk(_function(tree, "init_extra_nodes"))
+        if isinstance(node, ast.Await)
+        and isinstance(node.value, ast.Call)
+        and isinstance(node.value.func, ast.Name)
+    ]
+    assert calls == [
+        "init_public_apis",
+        "init_builtin_extra_nodes",
+        "init_builtin_api_nodes",
+        "init_external_custom_nodes",
+    ], f"boot.py:_load_nodes: init_extra_nodes now awaits {calls}"
+    load = member(comfy.nodes, "load_custom_node", "boot.py:_load_nodes, nodeindex.recording")
+    assert inspect.iscoroutinefunction(load)
+    accepts(load, "/m.py", module_parent="comfy_extras", used_by="boot.py:_load_nodes")
+
+
+def test_custom_packs_cannot_take_a_built_in_name(comfy: Comfy) -> None:
+    """The ignore set is read from ``NODE_CLASS_MAPPINGS.keys()``, which lists the types
+    not imported yet: a pack cannot shadow one, as with the server."""
+    tree = parse(comfy.location.path / "nodes.py")
+    source = ast.unparse(_function(tree, "init_external_custom_nodes"))
+    assert "base_node_names = set(NODE_CLASS_MAPPINGS.keys())" in source
+    assert "load_custom_node(module_path, base_node_names" in source
+
+
+def test_comfyui_reads_the_node_classes_through_the_nodes_module() -> None:
+    """Replacing ``nodes.NODE_CLASS_MAPPINGS`` reaches every reader only if none holds
+    the original dict: no ComfyUI module may ``from nodes import NODE_CLASS_MAPPINGS``."""
+    from comfyui_runpod.executor import find_comfyui
+
+    root = find_comfyui().path
+    files = [root / name for name in ("execution.py", "server.py", "main.py")]
+    for folder in ("comfy", "comfy_execution", "comfy_api", "comfy_extras", "app"):
+        files += sorted((root / folder).rglob("*.py"))
+    holders = [
+        f"{path.relative_to(root)}:{node.lineno}"
+        for path in files
+        if "NODE_CLASS_MAPPINGS" in path.read_text(encoding="utf-8")
+        for node in ast.walk(parse(path))
+        if isinstance(node, ast.ImportFrom)
+        and node.module == "nodes"
+        and any(alias.name == "NODE_CLASS_MAPPINGS" for alias in node.names)
+    ]
+    assert holders == [], f"boot.py:_load_nodes: these keep the original dict: {holders}"
+
+
+#: ``main.py``'s DynamicVRAM steps (``ast.dump`` digests, line numbers left out), as
+#: executor/dynamic_vram.py repeats them. When this fails, read the new code in main.py,
+#: make dynamic_vram.py do the same, then record the new digests here.
+MAIN_DYNAMIC_VRAM = {
+    "if enables_dynamic_vram(): ...control.init": "50b7a21aa567c55b",
+    "def dynamic_vram_supported": "8dbd3fd4b6cc68ea",
+    "if args.enable_dynamic_vram or ...: ...init_devices": "5dc8a3aa9b20186c",
+}
+
+
+def test_dynamic_vram_boots_as_main_py_does(comfy: Comfy, test_device: str) -> None:
+    import hashlib
+
+    from comfy import cli_args
+
+    if not hasattr(cli_args, "enables_dynamic_vram"):
+        assert comfy.model_patcher.startswith("ModelPatcher (this ComfyUI has no")
+        return
+    tree = parse(comfy.location.path / "main.py")
+    steps = [
+        node
+        for node in tree.body
+        if (isinstance(node, ast.If) and "enables_dynamic_vram" in ast.unparse(node.test))
+        or (isinstance(node, ast.FunctionDef) and node.name == "dynamic_vram_supported")
+    ]
+    digests = [hashlib.sha256(ast.dump(node).encode()).hexdigest()[:16] for node in steps]
+    assert digests == list(MAIN_DYNAMIC_VRAM.values()), (
+        "main.py changed how it starts DynamicVRAM: update executor/dynamic_vram.py"
+    )
+    imports = {
+        alias.name: node.lineno
+        for node in tree.body
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert steps[0].lineno < imports["execution"] < steps[-1].lineno, (
+        "dynamic_vram.init_early runs before the model code is imported, init_devices after"
+    )
+    expected = "ModelPatcherDynamic" if test_device == "gpu" else "ModelPatcher (DynamicVRAM"
+    assert comfy.model_patcher.startswith(expected), comfy.model_patcher
