@@ -475,8 +475,12 @@ def step_boot(check: Check, budget: float) -> dict[str, Any]:
         "comfyui": comfy.location.describe(),
         "node_types": len(comfy.nodes.NODE_CLASS_MAPPINGS),
         "failed_modules": [f.line for f in comfy.failed_modules],
+        "model_patcher": comfy.model_patcher,
     }
-    data["summary"] = f"ComfyUI {comfy.location.version} on {comfy.device} in {comfy.boot_s:.1f} s"
+    data["summary"] = (
+        f"ComfyUI {comfy.location.version} on {comfy.device} in {comfy.boot_s:.1f} s; "
+        f"models load with {comfy.model_patcher}"
+    )
     expect(
         comfy.device.startswith("cpu" if check.cpu else "cuda"), f"booted on {comfy.device}", data
     )

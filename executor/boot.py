@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import dynamic_vram, nodeindex, packs
+from . import dynamic_vram, nodeindex, packs, readahead
 from .deferred_imports import deferring, lazily
 from .locate import ComfyLocation, find_comfyui, is_comfyui_tree, read_version
 from .node_imports import FailedModule, ImportReport
@@ -63,6 +63,8 @@ class BootSettings:
     lazy: bool = True
     #: Where the node index is cached (default: ``~/.cache/comfyui-runpod/node-index``).
     node_index_dir: Path | None = None
+    #: Model file names (the warmup's) to read into memory while ComfyUI imports.
+    read_ahead: tuple[str, ...] = ()
 
 
 @dataclass
@@ -174,6 +176,7 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
         folder_paths.add_model_folder_path("custom_nodes", str(Path(custom_dir).resolve()))
         packs.add_requirement_paths(custom_dir)  # `nodes install` put them beside the packs
     _drop_missing_node_folders(folder_paths)
+    readahead.start(folder_paths, settings.read_ahead)
 
     dynamic_vram.init_early(args)
     with lazily(*LAZY_MODULES if settings.lazy else ((), ())) as unused:

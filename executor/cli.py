@@ -470,6 +470,7 @@ def boot_settings(args: argparse.Namespace) -> BootSettings:
         custom_node_dirs=tuple(args.custom_nodes),
         load_api_nodes=args.api_nodes,
         lazy=args.lazy,
+        read_ahead=tuple(getattr(args, "read_ahead", ())),
     )
 
 
@@ -628,7 +629,7 @@ def _cmd_run(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
-    from . import worker
+    from . import readahead, worker
     from .pipeline import default_local_dir
 
     # The SDK logs whole jobs (and their S3 keys) at its default DEBUG level.
@@ -640,8 +641,8 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
     problem = worker.local_job_problem(rest)
     if problem is not None:
         raise UsageError(problem)
-    if args.warmup:
-        _read_json_file(Path(args.warmup), "--warmup ")  # refused now, not after the boot
+    if args.warmup:  # refused now, not after the boot; its models read during the boot
+        args.read_ahead = readahead.model_names(_read_json_file(Path(args.warmup), "--warmup "))
     pipeline = _pipeline(args, default_local_dir())
     if args.warmup:
         worker.warm_up(pipeline, Path(args.warmup))

@@ -68,9 +68,16 @@ def test_worker_runs_the_tiny_model(tmp_path: Path, executor, tiny_checkpoint: s
     models = tmp_path / "models.yaml"
     models.write_text(f"tests:\n  base_path: {tiny_sd15_path().parent}\n  checkpoints: .\n")
     job = {"input": {"workflow": workflows.tiny_sd(tiny_checkpoint)}}
-    done = worker(job, tmp_path, "--extra-model-paths", str(models))
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(workflows.tiny_sd(tiny_checkpoint, seed=7)))
+    done = worker(job, tmp_path, "--extra-model-paths", str(models), "--warmup", str(warmup))
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-3000:]
     assert len(list((tmp_path / "out" / "local_test").glob("tiny_*.png"))) == 1
+    # The warmup's checkpoint was read while ComfyUI imported, before the warmup ran.
+    size_mib = tiny_sd15_path().stat().st_size / 2**20
+    read = f"read 1 model file(s) ahead, {size_mib:.1f} MiB"
+    assert read in logs and logs.index(read) < logs.index("job warmup COMPLETED")
 
 
 @pytest.mark.slow
@@ -143,3 +150,22 @@ def test_a_cuda_error_asks_runpod_for_a_fresh_worker(make_pipeline) -> None:
     assert result["refresh_worker"] is True  # runpod pops it and stops this worker
     ordinary = asyncio.run(handler({"id": "ok", "input": {"workflow": workflows.invert(0)}}))
     assert "refresh_worker" not in ordinary
+
+
+def test_read_ahead_finds_model_names_in_either_workflow_format() -> None:
+    from comfyui_runpod.executor.readahead import model_names
+
+    api = workflows.tiny_sd("tiny.safetensors")
+    api["9"] = {"class_type": "LoraLoader", "inputs": {"lora_name": "sub/style.SAFETENSORS"}}
+    saved = {
+        "nodes": [
+            {"type": "CheckpointLoaderSimple", "widgets_values": ["tiny.safetensors"]},
+            {"type": "UNETLoader", "widgets_values": ["flux.sft", "default"]},
+            {"type": "Note", "widgets_values": ["https://host/x.safetensors"]},
+        ]
+    }
+    assert model_names({"input": {"workflow": api}}) == [
+        "tiny.safetensors",
+        "sub/style.SAFETENSORS",
+    ]
+    assert model_names(saved) == ["tiny.safetensors", "flux.sft"]
