@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
@@ -75,6 +76,27 @@ class _BootNoise(logging.Filter):
 
 #: Installed on the stderr handler unless ``-v``; :func:`_booted` ends the boot's quiet.
 BOOT_NOISE = _BootNoise()
+
+
+def _booting(args: argparse.Namespace) -> Executor:
+    """The executor for ``args``, booting on its own thread: a worker takes its first job
+    meanwhile (the job waits for the boot where it needs ComfyUI). A boot that fails ends
+    the process once logged: a worker without ComfyUI must not take jobs."""
+    executor = Executor(boot_settings(args))
+    executor.begin()
+
+    def watch() -> None:
+        try:
+            comfy = executor.start()
+        except BaseException:
+            log.critical("ComfyUI failed to boot (above): the worker exits")
+            logging.shutdown()
+            os._exit(1)
+        BOOT_NOISE.booting = False
+        log.info("using %s on %s", comfy.location.describe(), comfy.device)
+
+    threading.Thread(target=watch, name="boot-watch", daemon=True).start()
+    return executor
 
 
 def _booted(args: argparse.Namespace) -> Executor:
@@ -560,7 +582,10 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
+def _pipeline(args: argparse.Namespace, local_dir: Path, overlap: bool = False) -> Any:
+    """The job pipeline on a booted ComfyUI; with ``overlap``, on one still booting when
+    nothing must happen between the boot and the first job (no saved apps to convert,
+    no boot manifest to fetch)."""
     from .delivery import DeliverySettings
     from .inputs import MediaSettings
     from .models import ModelSettings, default_cache_dir, read_manifest
@@ -578,13 +603,16 @@ def _pipeline(args: argparse.Namespace, local_dir: Path) -> Any:
     media_limits = _given(
         max_media_pixels=args.max_media_pixels, download_timeout_s=args.media_download_timeout
     )
-    executor = _booted(args)
-    comfy = executor.comfy
-    log.info("using %s on %s", comfy.location.describe(), comfy.device)
-    if apps is not None and apps.saved:
-        from .convert import converter_for
+    if overlap and not manifest and not (apps is not None and apps.saved):
+        executor = _booting(args)
+    else:
+        executor = _booted(args)
+        comfy = executor.comfy
+        log.info("using %s on %s", comfy.location.describe(), comfy.device)
+        if apps is not None and apps.saved:
+            from .convert import converter_for
 
-        apps.convert_saved(converter_for(comfy, args.max_workflow_nodes))
+            apps.convert_saved(converter_for(comfy, args.max_workflow_nodes))
     settings = PipelineSettings(
         delivery=DeliverySettings(local_dir=local_dir),
         media=MediaSettings(allow_private_urls=args.allow_private_urls, **media_limits),
@@ -643,7 +671,8 @@ def _cmd_worker(args: argparse.Namespace, rest: list[str]) -> int:
         raise UsageError(problem)
     if args.warmup:  # refused now, not after the boot; its models read during the boot
         args.read_ahead = readahead.model_names(_read_json_file(Path(args.warmup), "--warmup "))
-    pipeline = _pipeline(args, default_local_dir())
+    # Without a warmup the SDK takes the first job while ComfyUI boots.
+    pipeline = _pipeline(args, default_local_dir(), overlap=not args.warmup)
     if args.warmup:
         worker.warm_up(pipeline, Path(args.warmup))
     sys.argv = [sys.argv[0], *rest]  # runpod parses its own --rp_* / --test_input flags

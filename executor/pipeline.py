@@ -122,6 +122,10 @@ class Pipeline:
                 await asyncio.to_thread(_check_bucket, request.bucket)
             if request.azure is not None:
                 await asyncio.to_thread(azureblob.check_endpoint, request.azure)
+            if not self.executor.booted:  # a worker's first job, taken during the boot
+                mark = time.perf_counter()
+                await asyncio.to_thread(self.executor.start)
+                timings["boot_wait_s"] = time.perf_counter() - mark
             # Downloads end by then at the latest (the job's executionTimeout, if any).
             job_deadline = (
                 None if request.timeout_s is None else time.monotonic() + request.timeout_s

@@ -173,8 +173,9 @@ class Executor:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def start(self) -> Comfy:
-        """Boot ComfyUI on the executor thread (idempotent); raise if it cannot boot."""
+    def begin(self) -> None:
+        """Start booting ComfyUI on the executor thread and return at once (idempotent):
+        the worker takes its first job meanwhile."""
         with self._life:
             if self._closed:
                 raise ExecutorClosed("the executor is closed; start a new process to reboot")
@@ -183,6 +184,16 @@ class Executor:
                     target=self._main, name="comfyui-executor", daemon=True
                 )
                 self._thread.start()
+
+    @property
+    def booted(self) -> bool:
+        """Whether the boot has ended (well or not): ``start`` would not wait."""
+        return self._booted.is_set()
+
+    def start(self) -> Comfy:
+        """Boot ComfyUI on the executor thread (idempotent), wait for it; raise if it cannot
+        boot."""
+        self.begin()
         self._booted.wait()
         if self._boot_error is not None:
             raise self._boot_error

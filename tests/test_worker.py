@@ -83,8 +83,12 @@ def test_worker_runs_the_tiny_model(tmp_path: Path, executor, tiny_checkpoint: s
 @pytest.mark.slow
 def test_worker_reports_a_bad_job_as_an_error(tmp_path: Path) -> None:
     done = worker({"input": {"workflow": {"1": {"class_type": "Nope"}}}}, tmp_path)
+    logs = done.stdout + done.stderr
     assert done.returncode == 1
-    assert "validation_failed: unknown node type in node 1 ('Nope')" in done.stdout + done.stderr
+    assert "validation_failed: unknown node type in node 1 ('Nope')" in logs
+    # Without a warmup the SDK takes the job while ComfyUI still boots; the job waits.
+    assert logs.index("local_test | Started.") < logs.index("ready on cpu")
+    assert "boot_wait=" in logs
 
 
 def test_handler_cancel_interrupts_and_reraises(make_pipeline) -> None:
