@@ -168,7 +168,7 @@ def test_install_at_a_tag_puts_the_requirement_beside_the_pack(
     daemon: str, repos: dict[str, str], pip_env: dict[str, str], tmp_path: Path
 ) -> None:
     into = tmp_path / "custom_nodes"
-    done, _ = cli(
+    done = cli(
         "nodes",
         "install",
         f"{daemon}/tinypack.git@v1.0",
@@ -195,7 +195,7 @@ def test_install_at_a_tag_puts_the_requirement_beside_the_pack(
         "requirements": [f"{DEP}==0.1"],
     }
     (into / "by-hand").mkdir()
-    listed, _ = cli("nodes", "list", str(into), cwd=tmp_path)
+    listed = cli("nodes", "list", str(into), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines() == [
         "by-hand  (not installed by comfyui-runpod)",
@@ -205,7 +205,7 @@ def test_install_at_a_tag_puts_the_requirement_beside_the_pack(
     # Again without --force: refused, nothing touched; with it: the tip replaces v1.0.
     before = snapshot(into)
     line = one_line_refusal(
-        *cli(
+        cli(
             "nodes",
             "install",
             f"{daemon}/tinypack.git",
@@ -217,7 +217,7 @@ def test_install_at_a_tag_puts_the_requirement_beside_the_pack(
     )
     assert line == f"comfyui-runpod nodes: {pack} already exists: give --force to replace it"
     assert snapshot(into) == before
-    done, _ = cli(
+    done = cli(
         "nodes",
         "install",
         f"{daemon}/tinypack.git",
@@ -253,7 +253,7 @@ def test_a_failed_install_names_the_culprit_and_leaves_dir_as_it_was(
     before = snapshot(into)
     source = source.format(daemon=daemon, tmp=tmp_path)
     line = one_line_refusal(
-        *cli("nodes", "install", source, "--into", str(into), cwd=tmp_path, env=pip_env)
+        cli("nodes", "install", source, "--into", str(into), cwd=tmp_path, env=pip_env)
     )
     assert line.startswith(f"comfyui-runpod nodes: {expected.format(daemon=daemon, tmp=tmp_path)}")
     if "badreq" in source:  # pip's own words, naming the requirement
@@ -262,7 +262,7 @@ def test_a_failed_install_names_the_culprit_and_leaves_dir_as_it_was(
     # A folder the install created is gone again too.
     fresh = tmp_path / "fresh"
     one_line_refusal(
-        *cli("nodes", "install", source, "--into", str(fresh), cwd=tmp_path, env=pip_env)
+        cli("nodes", "install", source, "--into", str(fresh), cwd=tmp_path, env=pip_env)
     )
     assert not fresh.exists()
 
@@ -276,7 +276,7 @@ def serve_with_packs(
     folder = tmp_path_factory.mktemp("serve-packs")
     into = folder / "custom_nodes"
     pip_env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse)}
-    done, _ = cli(
+    done = cli(
         "nodes",
         "install",
         f"{daemon}/tinypack.git@v1.0",
