@@ -9,7 +9,8 @@ worker converts instead of refusing. What the frontend does, and so what this do
   ``control_after_generate`` combo after seed-like widgets, upload buttons) take a saved
   value but never reach the prompt;
 - a linked input (a widget converted to an input too) takes the link; ``PrimitiveNode``
-  values are inlined, ``Reroute`` chains and subgraph boundaries are followed;
+  values are inlined, ``Reroute`` chains and subgraph boundaries are followed (a
+  subgraph node's inputs paired with its definition's by name, as the frontend does);
 - muted nodes (mode 2) are dropped and inputs linked to them removed — a widget input
   keeps its own value, as frontend 1.49 does (1.32 dropped it too); bypassed ones (mode
   4) hand an input of the same type through;
@@ -38,7 +39,7 @@ from .errors import JobError
 from .groupnodes import expand, group_name
 from .node_imports import FailedModule
 from .savedgraph import BYPASS, MAX_NODES, MUTED, Budget, Link, check_document, parse_links
-from .widgets import Widget, widgets_of
+from .widgets import Widget, dynamic_inputs, widgets_of
 
 #: Node types that exist only in the frontend: never in the prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
@@ -171,7 +172,7 @@ class _Converter:
         if origin_id == SUBGRAPH_INPUT:
             if graph.parent is None or graph.instance is None:
                 return None
-            link = _link_into(graph.parent, graph.instance, slot)
+            link = _link_into(graph.parent, graph.instance, _instance_slot(graph, slot))
             if link is None:
                 return None
             return ("next", graph.parent, link.origin_id, link.origin_slot, link.type)
@@ -249,17 +250,19 @@ class _Converter:
                     "_meta": {"title": title},
                 }
         if mismatched:
-            listed = "; ".join(
-                f"node {m['node_id']} ({m['class_type']}): {m['found']} saved widget values, "
-                f"the installed node has {m['expected']} ({', '.join(m['widgets'])})"
-                for m in mismatched[:10]
-            )
+            listed = "; ".join(_mismatch_line(m) for m in mismatched[:10])
             more = f" and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
+            dynamic = (
+                "; inputs that add widgets by the option chosen are not followed by this "
+                "converter yet: export the API format from ComfyUI for such a workflow"
+                if any(m.get("dynamic") for m in mismatched)
+                else ""
+            )
             raise JobError(
                 "validation_failed",
                 f"the saved workflow does not match the installed nodes: {listed}{more}; it was "
                 "saved with other versions of them: open and re-save it in a ComfyUI with "
-                "the worker's versions, or export the API format",
+                f"the worker's versions, or export the API format{dynamic}",
                 {"widget_mismatch": mismatched},
             )
         for node in output.values():  # links to nodes that are not in the prompt go
@@ -294,15 +297,15 @@ class _Converter:
         if len(values) != len(saved):
             if not values and not node.get("inputs") and not saved:
                 return {}
-            mismatched.append(
-                {
-                    "node_id": full_id,
-                    "class_type": node_type,
-                    "expected": len(saved),
-                    "found": len(values),
-                    "widgets": [w.name for w in saved],
-                }
-            )
+            mismatch = {
+                "node_id": full_id,
+                "class_type": node_type,
+                "expected": len(saved),
+                "found": len(values),
+                "widgets": [w.name for w in saved],
+            }
+            dynamic = dynamic_inputs(self.node_classes[node_type])
+            mismatched.append({**mismatch, "dynamic": dynamic} if dynamic else mismatch)
             return {}
         return {
             w.name: _wrap(value)
@@ -311,10 +314,38 @@ class _Converter:
         }
 
 
+def _mismatch_line(mismatch: Mapping[str, Any]) -> str:
+    """One node of the widget-count refusal: its counts, and its inputs whose widgets
+    depend on the option chosen (the converter's gap, not the file's)."""
+    line = (
+        f"node {mismatch['node_id']} ({mismatch['class_type']}): {mismatch['found']} saved "
+        f"widget values, the installed node has {mismatch['expected']} "
+        f"({', '.join(mismatch['widgets'])})"
+    )
+    dynamic = mismatch.get("dynamic")
+    return f"{line}, and {', '.join(dynamic)} add widgets by the option chosen" if dynamic else line
+
+
 def _link_into(graph: _Graph, node: Mapping[str, Any], slot: int) -> Link | None:
     """The link into input ``slot`` of ``node`` (None: unlinked, or no such input)."""
     inputs = node.get("inputs") or []
     return graph.links.get(inputs[slot].get("link")) if 0 <= slot < len(inputs) else None
+
+
+def _instance_slot(graph: _Graph, slot: int) -> int:
+    """Which of the subgraph node's saved inputs is the definition's input ``slot``: the
+    one of its name, as the frontend pairs them on load. A node may be saved with only its
+    linked inputs (templates are), so position alone would hand one input's link to
+    another — an outer IMAGE as a model's file name. -1 (none) where no saved input has
+    that name; position only where the definition lists no inputs."""
+    declared = graph.definition.get("inputs")
+    if not isinstance(declared, list):
+        return slot
+    entry = declared[slot] if 0 <= slot < len(declared) else None
+    name = entry.get("name") if isinstance(entry, Mapping) else None
+    saved = (graph.instance or {}).get("inputs") or []
+    found = (i for i, given in enumerate(saved) if name is not None and given.get("name") == name)
+    return next(found, -1)
 
 
 def _through(graph: _Graph, node: Mapping[str, Any], index: int, kind: Any) -> Any:

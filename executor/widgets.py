@@ -43,6 +43,24 @@ def widgets_of(node_class: Any, node_type: str = "") -> list[Widget]:
     )
 
 
+#: How the input types whose widgets depend on the value chosen end (ComfyUI 0.33's V3
+#: dynamic inputs: a combo whose option adds widgets such as ``format.codec``, a list that
+#: grows). Not laid out here yet: a node with one is refused by its widget count, and the
+#: error says why.
+DYNAMIC_TYPES = ("_DYNAMICCOMBO_V3", "_AUTOGROW_V3")
+
+
+def dynamic_inputs(node_class: Any) -> list[str]:
+    """The inputs of this class whose widgets depend on the value chosen."""
+    spec = node_class.INPUT_TYPES()
+    return [
+        name
+        for group in ("required", "optional")
+        for name, definition in (spec.get(group) or {}).items()
+        if str(split_definition(definition)[0]).endswith(DYNAMIC_TYPES)
+    ]
+
+
 def widgets_from_inputs(inputs: Iterable[tuple[str, Any]]) -> list[Widget]:
     """The widgets the frontend makes of input definitions (name, ``[type, options]``).
 

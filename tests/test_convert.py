@@ -273,6 +273,19 @@ def test_a_primitive_into_a_subgraph_is_inlined(node_classes, display_names) -> 
     assert prompt["5:1"]["inputs"]["width"] == primitive["widgets_values"][0] == 56
 
 
+def test_a_subgraph_input_is_the_instance_input_of_its_name(node_classes, display_names) -> None:
+    """The subgraph node saved with its linked input only (``image``), the definition
+    listing an unlinked widget input (``width``) first — the shape of the template "Qwen
+    image edit (subgraphed)", whose UNETLoader got the outer LoadImage as its file name.
+    The frontend pairs the two lists by name: ``width`` keeps its widget value and
+    ``image`` gets the outer link, on every ComfyUI version."""
+    case = json.loads((ORACLE / "cases" / "subgraph_input_by_name.json").read_text())
+    prompt = convert(case["workflow"], node_classes, display_names)
+    assert prompt["2:5"]["inputs"]["width"] == 24
+    assert prompt["2:5"]["inputs"]["image"] == ["1", 0]
+    assert prompt["2:5"]["inputs"] == case["prompt"]["2:5"]["inputs"]  # the frontend's
+
+
 def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
     result = make_pipeline().run_sync(
         {

@@ -300,6 +300,126 @@ GROUPED: dict[str, tuple[dict[str, Any], str, list[tuple[str, list[int]]], str, 
     ),
 }
 
+
+def _subgraph_input_by_name() -> dict[str, Any]:
+    """The shape of the template "Qwen image edit (subgraphed)", made small: the subgraph
+    node saved with only its linked input (``image``), the definition listing an unlinked
+    widget input (``width``) before it. The frontend pairs the two by name; by position,
+    ``width`` would get the outer image link and ``image`` nothing."""
+    sub = "5e1f0c2a-0000-4000-8000-000000000001"
+    image = {"name": "IMAGE", "type": "IMAGE"}
+    return {
+        "version": 0.4,
+        "last_node_id": 3,
+        "last_link_id": 2,
+        "nodes": [
+            {
+                "id": 1,
+                "type": "EmptyImage",
+                "mode": 0,
+                "inputs": [],
+                "outputs": [{**image, "links": [1]}],
+                "widgets_values": [16, 16, 1, 0],
+            },
+            {
+                "id": 2,
+                "type": sub,
+                "mode": 0,
+                "inputs": [{**image, "name": "image", "link": 1}],
+                "outputs": [{**image, "links": [2]}],
+                "widgets_values": [24],
+            },
+            {
+                "id": 3,
+                "type": "SaveImage",
+                "mode": 0,
+                "inputs": [{"name": "images", "type": "IMAGE", "link": 2}],
+                "outputs": [],
+                "widgets_values": ["by_name"],
+            },
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]],
+        "definitions": {
+            "subgraphs": [
+                {
+                    "id": sub,
+                    "name": "Scale",
+                    "version": 1,
+                    "revision": 0,
+                    "config": {},
+                    "state": {
+                        "lastGroupId": 0,
+                        "lastLinkId": 12,
+                        "lastNodeId": 5,
+                        "lastRerouteId": 0,
+                    },
+                    "inputNode": {"id": -10, "bounding": [-180, -20, 120, 60]},
+                    "outputNode": {"id": -20, "bounding": [400, -20, 120, 60]},
+                    "inputs": [
+                        {"id": "in-width", "name": "width", "type": "INT", "linkIds": [10]},
+                        {"id": "in-image", "name": "image", "type": "IMAGE", "linkIds": [11]},
+                    ],
+                    "outputs": [
+                        {"id": "out-image", "name": "IMAGE", "type": "IMAGE", "linkIds": [12]}
+                    ],
+                    "widgets": [],
+                    "groups": [],
+                    "extra": {},
+                    "nodes": [
+                        {
+                            "id": 5,
+                            "type": "ImageScale",
+                            "mode": 0,
+                            "inputs": [
+                                {"name": "image", "type": "IMAGE", "link": 11},
+                                {
+                                    "name": "width",
+                                    "type": "INT",
+                                    "widget": {"name": "width"},
+                                    "link": 10,
+                                },
+                            ],
+                            "outputs": [{**image, "links": [12]}],
+                            "widgets_values": ["nearest-exact", 24, 8, "disabled"],
+                        }
+                    ],
+                    "links": [
+                        {
+                            "id": 10,
+                            "origin_id": -10,
+                            "origin_slot": 0,
+                            "target_id": 5,
+                            "target_slot": 1,
+                            "type": "INT",
+                        },
+                        {
+                            "id": 11,
+                            "origin_id": -10,
+                            "origin_slot": 1,
+                            "target_id": 5,
+                            "target_slot": 0,
+                            "type": "IMAGE",
+                        },
+                        {
+                            "id": 12,
+                            "origin_id": 5,
+                            "origin_slot": 0,
+                            "target_id": -20,
+                            "target_slot": 0,
+                            "type": "IMAGE",
+                        },
+                    ],
+                }
+            ]
+        },
+        "extra": {},
+    }
+
+
+#: name → a saved file written by hand (shapes found in real files that the LiteGraph API
+#: does not save), opened in the frontend as it is.
+WRITTEN: dict[str, dict[str, Any]] = {"subgraph_input_by_name": _subgraph_input_by_name()}
+
 LOAD = "async ([api, name]) => { await app.loadApiJson(api, name); }"
 
 MUTATE = (
@@ -440,6 +560,10 @@ def main() -> int:
                         _group(page, group_name, ids)
                     saved = page.evaluate(MUTATE, [post, version])
                     saved = _legacy(saved) if legacy else saved
+                    _write(name, saved, page.evaluate(CONVERT, [saved, name]), "hand-made")
+                for name, saved in WRITTEN.items():
+                    if args.widgets_only or (args.only and name not in args.only):
+                        continue
                     _write(name, saved, page.evaluate(CONVERT, [saved, name]), "hand-made")
                 for name, workflow in templates if not (args.only or args.widgets_only) else []:
                     try:
