@@ -204,14 +204,14 @@ def boot(settings: BootSettings, loop: asyncio.AbstractEventLoop) -> Comfy:
     device = str(model_management.get_torch_device())
     elapsed = time.perf_counter() - started
     mappings = nodes.NODE_CLASS_MAPPINGS
-    deferred = len(mappings) - dict.__len__(mappings)
+    pending = len(mappings) - dict.__len__(mappings)
     log.info(
         "ComfyUI %s ready on %s in %.1fs: %d node types%s%s",
         location.version,
         device,
         elapsed,
         len(mappings),
-        f" ({deferred} of them imported on first use)" if deferred else "",
+        f" ({pending} of them imported on first use)" if pending else "",
         f", {len(failed)} node modules failed to import (above)" if failed else "",
     )
     return Comfy(
