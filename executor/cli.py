@@ -496,6 +496,10 @@ def boot_settings(args: argparse.Namespace) -> BootSettings:
     )
 
 
+def _host_list(value: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower().rstrip(".") for h in value.split(",") if h.strip())
+
+
 def _parse_flag(flag: str) -> tuple[str, Any]:
     name, sep, value = flag.partition("=")
     if not sep:
@@ -538,6 +542,15 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         metavar="YAML",
         help="models to have in the cache before the first job (env COMFYUI_RUNPOD_MODELS; "
         "see docs/models.md)",
+    )
+    group.add_argument(
+        "--model-hosts",
+        type=_host_list,
+        default=_host_list(os.environ.get("COMFYUI_RUNPOD_MODEL_HOSTS", "")),
+        metavar="HOST,...",
+        help="the only hosts a job's model URLs may name (input.models, a saved workflow's "
+        "properties.models, URLs in loader inputs); a host allows its subdomains; the boot "
+        "manifest is not limited (env COMFYUI_RUNPOD_MODEL_HOSTS; default: any public host)",
     )
     group.add_argument(
         "--model-download-timeout",
@@ -598,6 +611,7 @@ def _pipeline(args: argparse.Namespace, local_dir: Path, overlap: bool = False) 
         cache_dir=args.model_cache or default_cache_dir(),
         max_cache_bytes=None if size is None else int(size * 1024**3),
         allow_private_urls=args.allow_private_urls,
+        allowed_hosts=args.model_hosts,
         **_given(download_timeout_s=args.model_download_timeout),
     )
     media_limits = _given(

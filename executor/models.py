@@ -106,6 +106,9 @@ class ModelSettings:
     #: a server that trickles a byte now and then never trips ``read_timeout_s``.
     download_timeout_s: float = 3600.0
     allow_private_urls: bool = False
+    #: Hosts a job's model URLs may name (a host allows its subdomains); empty: any
+    #: public host. The operator's own manifest is not limited.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def public_url(url: str) -> str:
@@ -206,8 +209,10 @@ class ModelCache:
         bucket: BucketConfig | None = None,
         on_progress: ProgressCallback | None = None,
         job_deadline: float | None = None,
+        trusted: bool = False,
     ) -> bool:
-        """Have ``spec`` in the cache; True when it had to be downloaded.
+        """Have ``spec`` in the cache; True when it had to be downloaded. ``trusted``: the
+        operator's own (the boot manifest), not held to ``allowed_hosts``.
 
         Call it inside :meth:`in_use` for the same spec, so that eviction cannot take
         the file between this check and the job that loads it. ``job_deadline`` (a
@@ -216,7 +221,8 @@ class ModelCache:
         """
         target = self.path_of(spec)
         key = _key(spec)
-        if not target.is_file():
+        if not target.is_file() and not trusted:
+            self._check_host(spec)
             # One downloader per file, across processes: the others wait here, then find it.
             with self._locked(f"{key}.download", fcntl.LOCK_EX):
                 if not target.is_file():
@@ -396,6 +402,19 @@ class ModelCache:
         )
 
     # -- bookkeeping -----------------------------------------------------------------------
+
+    def _check_host(self, spec: ModelSpec) -> None:
+        """The operator's allow-list (``COMFYUI_RUNPOD_MODEL_HOSTS``), before any byte."""
+        allowed = self.settings.allowed_hosts
+        if not allowed or spec.url.startswith("s3://"):
+            return
+        host = (urllib.parse.urlsplit(spec.url).hostname or "").lower()
+        if not any(host == a or host.endswith(f".{a}") for a in allowed):
+            raise JobError(
+                "invalid_input",
+                f"model {spec.folder}/{spec.name}: {host} is not among the hosts this worker "
+                f"fetches models from ({', '.join(allowed)}; COMFYUI_RUNPOD_MODEL_HOSTS)",
+            )
 
     @contextlib.contextmanager
     def _locked(self, key: str, mode: int) -> Iterator[None]:

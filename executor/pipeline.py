@@ -80,7 +80,7 @@ class Pipeline:
         models.register(self.models, comfy.folder_paths, sorted({s.folder for s in specs}))
 
         def fetch(spec: ModelSpec) -> None:
-            fresh = self.models.ensure(spec)
+            fresh = self.models.ensure(spec, trusted=True)
             log.info("model %s/%s %s", spec.folder, spec.name, "fetched" if fresh else "cached")
 
         with concurrent.futures.ThreadPoolExecutor(4, "comfyui-runpod-models") as pool:

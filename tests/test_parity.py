@@ -178,3 +178,27 @@ def test_the_env_makes_fetch_models_the_default_and_a_given_checksum_is_checked(
     result = pipeline.run_sync({"input": {"workflow": saved_tiny(name, [good])}})
     assert "error" not in result, result
     assert len(result["files"]) == 1
+
+
+def test_model_hosts_limit_where_a_jobs_model_urls_may_point(
+    make_pipeline, web: FileServer, tmp_path
+) -> None:
+    from comfyui_runpod.executor.models import ModelSettings
+
+    name = "parity-hosts.safetensors"
+    entry = {"name": name, "url": web.url(MODEL), "directory": "checkpoints"}
+    job = {"input": {"workflow": saved_tiny(name, [entry]), "fetch_models": True}}
+
+    def limited(*hosts: str) -> ModelSettings:
+        return ModelSettings(tmp_path / "models", allow_private_urls=True, allowed_hosts=hosts)
+
+    refused = make_pipeline(models=limited("huggingface.co", "civitai.com")).run_sync(job)
+    assert refused["error"] == (
+        f"invalid_input: model checkpoints/{name}: 127.0.0.1 is not among the hosts this "
+        "worker fetches models from (huggingface.co, civitai.com; COMFYUI_RUNPOD_MODEL_HOSTS)"
+    ), refused
+    assert web.hits(MODEL) == 0
+
+    allowed = make_pipeline(models=limited("huggingface.co", "127.0.0.1")).run_sync(job)
+    assert "error" not in allowed, allowed
+    assert web.hits(MODEL) == 1
