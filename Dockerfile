@@ -66,9 +66,14 @@ RUN install-custom-nodes /tmp/custom-nodes.txt /comfyui/custom_nodes /opt/venv/c
 # node pack in custom_nodes/ (its __init__.py then shares the installed package's nodes).
 COPY . /src/comfyui-runpod
 RUN cp -a /src/comfyui-runpod /comfyui/custom_nodes/comfyui-runpod \
-    && pip install --no-cache-dir -c /opt/venv/constraints.txt "/src/comfyui-runpod[worker]" \
+    && pip install --no-cache-dir -c /opt/venv/constraints.txt "/src/comfyui-runpod[worker,azure]" \
     && { python -m compileall -q /comfyui > /dev/null \
         || echo "compileall: some files did not compile; Python compiles them at import"; }
+
+# What a worker never uses: tests of dependencies, static libraries, a second NVRTC, AMD
+# kernels in a CUDA image, ComfyUI's tests (docs/deploy.md, "Image size").
+COPY --chmod=755 docker/prune-image.sh /usr/local/bin/prune-image
+RUN prune-image /opt/venv /comfyui
 
 # ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS models
@@ -97,7 +102,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008,SC2086
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        ca-certificates libtcmalloc-minimal4t64 python3 $EXTRA_APT_PACKAGES \
+        ca-certificates git libtcmalloc-minimal4t64 python3 $EXTRA_APT_PACKAGES \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(find /usr/lib -name libtcmalloc_minimal.so.4 -print -quit)" \
         /usr/local/lib/libtcmalloc_minimal.so.4 \
@@ -116,4 +121,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 WORKDIR /comfyui
-CMD ["comfyui-runpod", "worker", "--extra-model-paths", "/comfyui/extra_model_paths.yaml"]
+# The node index (which built-in module provides which node type), built here once so
+# that every worker's first boot imports those modules on first use (README, "Boot").
+RUN comfyui-runpod comfyui index --cpu
+CMD ["comfyui-runpod", "worker", "--extra-model-paths", "/comfyui/extra_model_paths.yaml", \
+     "--custom-nodes", "/runpod-volume/custom_nodes"]

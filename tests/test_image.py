@@ -277,8 +277,10 @@ def test_every_copied_file_exists_and_is_in_the_build_context(stages: dict[str, 
 def test_final_stage_carries_no_build_tools_or_caches(stages: dict[str, Stage]) -> None:
     final_stage = list(stages.values())[-1]
     final_runs = " ".join(final_stage.all("RUN"))
-    for tool in ("build-essential", "gcc", "python3-dev", "git ", "curl", "pip install"):
+    for tool in ("build-essential", "gcc", "python3-dev", "curl", "pip install"):
         assert tool not in final_runs, tool
+    # git is a run-time tool here: `comfyui-runpod nodes install` clones packs onto a volume.
+    assert " git " in final_runs
     for stage in stages.values():
         for run in stage.all("RUN"):
             if "apt-get update" in run:
