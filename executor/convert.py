@@ -7,10 +7,12 @@ worker converts instead of refusing. What the frontend does, and so what this do
 
 - widget values map to inputs in widget order; frontend-only widgets (the
   ``control_after_generate`` combo after seed-like widgets, upload buttons) take a saved
-  value but never reach the prompt;
+  value but never reach the prompt; a dynamic combo's chosen option puts its widgets
+  right after it (executor/widgets.py ``fill``);
 - a linked input (a widget converted to an input too) takes the link; ``PrimitiveNode``
   values are inlined, ``Reroute`` chains and subgraph boundaries are followed (a
-  subgraph node's inputs paired with its definition's by name, as the frontend does);
+  subgraph node's inputs paired with its definition's by name, as the frontend does; an
+  unlinked one gives the value the subgraph node shows for it);
 - muted nodes (mode 2) are dropped and inputs linked to them removed — a widget input
   keeps its own value, as frontend 1.49 does (1.32 dropped it too); bypassed ones (mode
   4) hand an input of the same type through;
@@ -39,7 +41,7 @@ from .errors import JobError
 from .groupnodes import expand, group_name
 from .node_imports import FailedModule
 from .savedgraph import BYPASS, MAX_NODES, MUTED, Budget, Link, check_document, parse_links
-from .widgets import Widget, dynamic_inputs, widgets_of
+from .widgets import NO_DEFAULT, VALUE_LAYOUTS, Unfollowed, Widget, fill, widgets_of
 
 #: Node types that exist only in the frontend: never in the prompt.
 FRONTEND_ONLY = frozenset({"Note", "MarkdownNote", "PrimitiveNode", "Reroute"})
@@ -95,7 +97,7 @@ class _Converter:
         #: Links of each definition, parsed once however often it is used.
         self._links: dict[Any, dict[Any, Link]] = {}
         #: What each walk state resolves to (see :meth:`resolve_output`).
-        self._resolved: dict[tuple[int, Any, int, Any], Any] = {}
+        self._resolved: dict[tuple[int, Any, int, Any, bool], Any] = {}
         #: Each node type's widgets (``INPUT_TYPES()`` may list a folder), per conversion.
         self._widgets: dict[str, list[Widget] | None] = {}
         self.graphs = self._flatten(self.root, depth=0)
@@ -143,12 +145,16 @@ class _Converter:
         """What output ``slot`` of ``origin_id`` is, through reroutes, bypassed nodes and
         subgraph boundaries: walked in a loop (a chain of hundreds of reroutes is no
         deeper a recursion than one), every state remembered, so a chain shared by many
-        inputs is walked once and a loop is named instead of followed."""
-        walked: set[tuple[int, Any, int, Any]] = set()
+        inputs is walked once and a loop is named instead of followed. A walk past a
+        bypassed node is another walk (``bypassed`` in its states): a PrimitiveNode's
+        value does not reach through a bypass, as in the frontend."""
+        walked: set[tuple[int, Any, int, Any, bool]] = set()
         step: Any = ("next", graph, origin_id, slot, kind)
-        while step is not None and step[0] == "next":
+        bypassed = False
+        while step is not None and step[0] in ("next", "bypass"):
+            bypassed = bypassed or step[0] == "bypass"
             _, graph, origin_id, slot, kind = step
-            state = (id(graph), origin_id, slot, kind)
+            state = (id(graph), origin_id, slot, kind, bypassed)
             if state in self._resolved:
                 step = self._resolved[state]
                 break
@@ -161,20 +167,20 @@ class _Converter:
                     "on has no source: link one of them to a real node",
                 )
             walked.add(state)
-            step = self._step(graph, origin_id, slot, kind)
+            step = self._step(graph, origin_id, slot, kind, bypassed)
         for state in walked:
             self._resolved[state] = step
         return step
 
-    def _step(self, graph: _Graph, origin_id: Any, slot: int, kind: Any) -> Any:
+    def _step(self, graph: _Graph, origin_id: Any, slot: int, kind: Any, bypassed: bool) -> Any:
         """One hop of :meth:`resolve_output`: a result, or ``("next", graph, origin_id,
-        slot, kind)`` to go on from."""
+        slot, kind)`` to go on from (``"bypass"`` first: through a bypassed node)."""
         if origin_id == SUBGRAPH_INPUT:
             if graph.parent is None or graph.instance is None:
                 return None
             link = _link_into(graph.parent, graph.instance, _instance_slot(graph, slot))
             if link is None:
-                return None
+                return self._promoted_value(graph, slot)
             return ("next", graph.parent, link.origin_id, link.origin_slot, link.type)
         node = graph.nodes.get(origin_id)
         if node is None:
@@ -183,13 +189,15 @@ class _Converter:
         if node_type == "Reroute":
             return _through(graph, node, 0, kind)
         if node_type == "PrimitiveNode":
+            if bypassed:  # the frontend writes it into the bypassed node's widget only
+                return None
             values = node.get("widgets_values") or []
             return ("value", values[0]) if isinstance(values, list) and values else None
         if node_type in FRONTEND_ONLY or node.get("mode") == MUTED:
             return None  # a muted node gives nothing: a widget keeps its own value
         if node.get("mode") == BYPASS:
             index = _bypass_slot(node, slot, kind)
-            return None if index is None else _through(graph, node, index, kind)
+            return None if index is None else _through(graph, node, index, kind, "bypass")
         definition = self.subgraphs.get(node_type)
         if definition is not None:
             inner = self.instances.get((id(graph), origin_id))
@@ -202,6 +210,34 @@ class _Converter:
                     return ("next", inner, link.origin_id, link.origin_slot, link.type)
             return None
         return ("link", graph.full_id(origin_id), slot)
+
+    def _promoted_value(self, graph: _Graph, slot: int) -> Any:
+        """What input ``slot`` of a subgraph instance that nothing links to outside gives
+        inside. Frontend 1.49 shows the first inner widget it leads to on the subgraph
+        node, and every inner input it feeds takes that widget's value: the instance's
+        saved one (its ``widgets_values``: one per input that leads to a widget, in the
+        definition's order) or else the inner widget's own. None where it leads to no
+        widget (the frontend sends nothing) or to a nested subgraph's (followed there)."""
+        declared = graph.definition.get("inputs")
+        if not isinstance(declared, list):
+            return None
+        saved = (graph.instance or {}).get("widgets_values")
+        index = 0
+        for position, entry in enumerate(declared):
+            target = _promoted_widget(graph, entry) if isinstance(entry, Mapping) else None
+            if target is None:
+                continue
+            if position == slot:
+                if isinstance(saved, list) and index < len(saved):
+                    return ("value", saved[index])
+                node_id, name = target
+                node = graph.nodes[node_id]
+                if node.get("type") in self.subgraphs:
+                    return None
+                values = self._widget_values(graph.full_id(node_id), node, [])
+                return ("value", values[name]) if name in values else None
+            index += 1
+        return None
 
     # -- the prompt ------------------------------------------------------------------------
 
@@ -250,21 +286,7 @@ class _Converter:
                     "_meta": {"title": title},
                 }
         if mismatched:
-            listed = "; ".join(_mismatch_line(m) for m in mismatched[:10])
-            more = f" and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
-            dynamic = (
-                "; inputs that add widgets by the option chosen are not followed by this "
-                "converter yet: export the API format from ComfyUI for such a workflow"
-                if any(m.get("dynamic") for m in mismatched)
-                else ""
-            )
-            raise JobError(
-                "validation_failed",
-                f"the saved workflow does not match the installed nodes: {listed}{more}; it was "
-                "saved with other versions of them: open and re-save it in a ComfyUI with "
-                f"the worker's versions, or export the API format{dynamic}",
-                {"widget_mismatch": mismatched},
-            )
+            raise _mismatch_error(mismatched)
         for node in output.values():  # links to nodes that are not in the prompt go
             node["inputs"] = {
                 name: value
@@ -276,6 +298,14 @@ class _Converter:
     def _widget_inputs(
         self, full_id: str, node: Mapping[str, Any], mismatched: list[dict[str, Any]]
     ) -> dict[str, Any]:
+        values = self._widget_values(full_id, node, mismatched)
+        return {name: _wrap(value) for name, value in values.items()}
+
+    def _widget_values(
+        self, full_id: str, node: Mapping[str, Any], mismatched: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The node's widget values that reach the prompt, by input name (as saved: not
+        yet wrapped); a node whose values do not fit is added to ``mismatched``."""
         node_type = node.get("type")
         if node_type not in self._widgets:
             try:
@@ -287,16 +317,25 @@ class _Converter:
             return {}
         values = node.get("widgets_values")
         if isinstance(values, Mapping):  # some packs save {name: value}
-            return {
-                w.name: _wrap(values[w.name]) for w in widgets if w.in_prompt and w.name in values
-            }
+            return {w.name: values[w.name] for w in widgets if w.in_prompt and w.name in values}
         values = list(values or [])
+        if not any(w.saved and w.in_prompt for w in widgets):
+            return {}  # no saved value can reach the prompt, however many the file has
         saved = [w for w in widgets if w.saved]
-        if len(values) == len(widgets) and len(saved) != len(widgets):
-            saved = widgets  # holes kept where a widget is not saved
-        if len(values) != len(saved):
-            if not values and not node.get("inputs") and not saved:
+        if node_type in VALUE_LAYOUTS:
+            filled = VALUE_LAYOUTS[node_type](values)
+        elif any(w.choices is not None or w.default is not NO_DEFAULT for w in widgets):
+            try:
+                filled = fill(widgets, values)  # the layout depends on the values
+            except Unfollowed as exc:
+                unfollowed = {"found": len(values), "unfollowed": exc.widget, "option": exc.option}
+                mismatched.append({"node_id": full_id, "class_type": node_type, **unfollowed})
                 return {}
+        else:
+            if len(values) == len(widgets) and len(saved) != len(widgets):
+                saved = widgets  # holes kept where a widget is not saved
+            filled = list(zip(saved, values, strict=True)) if len(values) == len(saved) else None
+        if filled is None:
             mismatch = {
                 "node_id": full_id,
                 "class_type": node_type,
@@ -304,26 +343,53 @@ class _Converter:
                 "found": len(values),
                 "widgets": [w.name for w in saved],
             }
-            dynamic = dynamic_inputs(self.node_classes[node_type])
-            mismatched.append({**mismatch, "dynamic": dynamic} if dynamic else mismatch)
+            if any(w.choices is not None for w in widgets):
+                mismatch["by_option"] = True
+            mismatched.append(mismatch)
             return {}
-        return {
-            w.name: _wrap(value)
-            for w, value in zip(saved, values, strict=True)
-            if w.in_prompt and value is not None
-        }
+        return {w.name: value for w, value in filled if w.in_prompt and value is not None}
+
+
+def _mismatch_error(mismatched: Sequence[Mapping[str, Any]]) -> JobError:
+    """The refusal of nodes whose saved widget values do not fit, all named at once: a
+    node saved with another version of it (its counts), or one whose chosen option adds
+    widgets the converter does not lay out (the converter's gap, not the file's)."""
+    listed = "; ".join(_mismatch_line(m) for m in mismatched[:10])
+    more = f" and {len(mismatched) - 10} more" if len(mismatched) > 10 else ""
+    advice = []
+    if any("unfollowed" not in m for m in mismatched):
+        advice.append(
+            "a node whose values do not fit was saved with another version of it: open and "
+            "re-save the workflow in a ComfyUI with the worker's versions, or export the "
+            "API format"
+        )
+    if any("unfollowed" in m for m in mismatched):
+        advice.append(
+            "options that add widgets this converter does not lay out: export the API "
+            "format from ComfyUI for such a workflow"
+        )
+    return JobError(
+        "validation_failed",
+        f"the saved workflow does not match the installed nodes: {listed}{more}; "
+        + "; ".join(advice),
+        {"widget_mismatch": list(mismatched)},
+    )
 
 
 def _mismatch_line(mismatch: Mapping[str, Any]) -> str:
-    """One node of the widget-count refusal: its counts, and its inputs whose widgets
-    depend on the option chosen (the converter's gap, not the file's)."""
-    line = (
-        f"node {mismatch['node_id']} ({mismatch['class_type']}): {mismatch['found']} saved "
-        f"widget values, the installed node has {mismatch['expected']} "
-        f"({', '.join(mismatch['widgets'])})"
+    """One node of :func:`_mismatch_error`."""
+    where = f"node {mismatch['node_id']} ({mismatch['class_type']})"
+    if "unfollowed" in mismatch:
+        return (
+            f"{where}: {mismatch['found']} saved widget values, but option "
+            f"{mismatch['option']!r} of {mismatch['unfollowed']} adds widgets this converter "
+            "does not lay out (a seed's control)"
+        )
+    added = ", and those its options add" if mismatch.get("by_option") else ""
+    return (
+        f"{where}: {mismatch['found']} saved widget values, the installed node has "
+        f"{mismatch['expected']} ({', '.join(mismatch['widgets'])}{added})"
     )
-    dynamic = mismatch.get("dynamic")
-    return f"{line}, and {', '.join(dynamic)} add widgets by the option chosen" if dynamic else line
 
 
 def _link_into(graph: _Graph, node: Mapping[str, Any], slot: int) -> Link | None:
@@ -348,10 +414,27 @@ def _instance_slot(graph: _Graph, slot: int) -> int:
     return next(found, -1)
 
 
-def _through(graph: _Graph, node: Mapping[str, Any], index: int, kind: Any) -> Any:
+def _promoted_widget(graph: _Graph, entry: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """The inner widget a subgraph input leads to, as (node id, widget name): the first of
+    its links into an input that has a widget (the frontend promotes that one onto the
+    subgraph node); None where none does."""
+    for link_id in entry.get("linkIds") or ():
+        link = graph.links.get(link_id)
+        target = graph.nodes.get(link.target_id) if link is not None else None
+        inputs = (target or {}).get("inputs") or []
+        found = next((i for i in inputs if i.get("link") == link_id), None)
+        widget = found.get("widget") if found is not None else None
+        if isinstance(widget, Mapping) and isinstance(widget.get("name"), str):
+            return link.target_id, widget["name"]
+    return None
+
+
+def _through(
+    graph: _Graph, node: Mapping[str, Any], index: int, kind: Any, hop: str = "next"
+) -> Any:
     """The hop through a reroute or bypassed node: on from what feeds its input ``index``."""
     link = _link_into(graph, node, index)
-    return None if link is None else ("next", graph, link.origin_id, link.origin_slot, kind)
+    return None if link is None else (hop, graph, link.origin_id, link.origin_slot, kind)
 
 
 def _bypass_slot(node: Mapping[str, Any], slot: int, kind: Any) -> int | None:

@@ -105,15 +105,16 @@ def check_document(document: Mapping[str, Any]) -> None:
         if not isinstance(subgraph.get("id"), str):
             raise _bad(where, "id must be a string")
         check_nodes(subgraph.get("nodes"), f"subgraph {subgraph['id']} ")
-        outputs = subgraph.get("outputs")
-        if outputs is not None and not isinstance(outputs, list):
-            raise _bad(f"{where}.outputs", "must be a list")
-        for slot, output in enumerate(outputs or []):
-            link_ids = output.get("linkIds") if isinstance(output, Mapping) else None
-            if not isinstance(output, Mapping) or not isinstance(link_ids or [], list):
-                raise _bad(f"{where}.outputs[{slot}]", 'must be an object with a "linkIds" list')
-            if not all(isinstance(i, _IDS) for i in link_ids or []):
-                raise _bad(f"{where}.outputs[{slot}].linkIds", "must be numbers or strings")
+        for side in ("inputs", "outputs"):  # the converter follows both sides' links
+            slots = subgraph.get(side)
+            if slots is not None and not isinstance(slots, list):
+                raise _bad(f"{where}.{side}", "must be a list")
+            for slot, entry in enumerate(slots or []):
+                link_ids = entry.get("linkIds") if isinstance(entry, Mapping) else None
+                if not isinstance(entry, Mapping) or not isinstance(link_ids or [], list):
+                    raise _bad(f"{where}.{side}[{slot}]", 'must be an object with a "linkIds" list')
+                if not all(isinstance(i, _IDS) for i in link_ids or []):
+                    raise _bad(f"{where}.{side}[{slot}].linkIds", "must be numbers or strings")
 
 
 def check_nodes(nodes: Any, graph: str, *, ids: bool = True) -> None:

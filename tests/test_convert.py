@@ -16,7 +16,7 @@ import workflows
 from comfyui_runpod.executor import find_comfyui
 from comfyui_runpod.executor.convert import DisplayNames, convert
 from comfyui_runpod.executor.errors import JobError
-from comfyui_runpod.executor.widgets import widgets_of
+from comfyui_runpod.executor.widgets import DYNAMIC_COMBO, custom_combo, widgets_of
 from PIL import Image
 
 ORACLE = Path(__file__).resolve().parent / "oracle"
@@ -273,6 +273,21 @@ def test_a_primitive_into_a_subgraph_is_inlined(node_classes, display_names) -> 
     assert prompt["5:1"]["inputs"]["width"] == primitive["widgets_values"][0] == 56
 
 
+def test_a_primitive_behind_a_bypassed_node_does_not_reach_past_it(
+    node_classes, display_names
+) -> None:
+    """A PrimitiveNode into a bypassed PrimitiveInt's ``value``, that node into EmptyImage's
+    ``batch_size``: the frontend (1.49.6's save and prompt here; 1.32.9 the same) inlines a
+    PrimitiveNode only into the widgets it feeds itself or through reroutes, so the bypass
+    hands nothing through and ``batch_size`` keeps its own value, 3, not the primitive's 11."""
+    case = json.loads((ORACLE / "frontend-1.49.6" / "primitive_behind_bypass.json").read_text())
+    assert case["prompt"]["2"]["inputs"]["batch_size"] == 3  # what 1.49.6 sent
+    prompt = convert(case["workflow"], node_classes, display_names)
+    assert {k: v["inputs"] for k, v in prompt.items()} == {
+        k: v["inputs"] for k, v in case["prompt"].items()
+    }
+
+
 def test_a_subgraph_input_is_the_instance_input_of_its_name(node_classes, display_names) -> None:
     """The subgraph node saved with its linked input only (``image``), the definition
     listing an unlinked widget input (``width``) first — the shape of the template "Qwen
@@ -284,6 +299,137 @@ def test_a_subgraph_input_is_the_instance_input_of_its_name(node_classes, displa
     assert prompt["2:5"]["inputs"]["width"] == 24
     assert prompt["2:5"]["inputs"]["image"] == ["1", 0]
     assert prompt["2:5"]["inputs"] == case["prompt"]["2:5"]["inputs"]  # the frontend's
+
+
+def test_a_subgraph_nodes_saved_value_reaches_the_widget_it_promotes(
+    node_classes, display_names
+) -> None:
+    """Frontend 1.49 shows the inner widget an unlinked subgraph input leads to on the
+    subgraph node; the node's ``widgets_values`` (one per such input, in the definition's
+    order) are what the prompt gets, not the inner widget's own value (14 templates on
+    0.3.75 and 155 on 0.33 hold such values; their frontends agree). Without a saved value
+    the inner widget keeps its own."""
+    case = json.loads((ORACLE / "cases" / "subgraph_input_by_name.json").read_text())
+    instance = next(n for n in case["workflow"]["nodes"] if n["id"] == 2)
+    instance["widgets_values"] = [77]
+    assert convert(case["workflow"], node_classes, display_names)["2:5"]["inputs"]["width"] == 77
+    instance["widgets_values"] = []
+    assert convert(case["workflow"], node_classes, display_names)["2:5"]["inputs"]["width"] == 24
+
+
+def _dynamic(node_classes, node_type: str, input_name: str) -> None:
+    """Skip where ``node_type`` has no dynamic combo ``input_name`` (before ComfyUI 0.33)."""
+    spec = node_classes[node_type].INPUT_TYPES() if node_type in node_classes else {}
+    kinds = {
+        n: d[0] for group in spec.values() if isinstance(group, dict) for n, d in group.items()
+    }
+    if kinds.get(input_name) != DYNAMIC_COMBO:
+        pytest.skip(f"{node_type}.{input_name} is not a dynamic combo in this ComfyUI")
+
+
+def _one_node(node_type: str, values: list, inputs: list | None = None) -> dict:
+    node = {"id": 1, "type": node_type, "mode": 0, "inputs": inputs or [], "outputs": []}
+    return {"nodes": [{**node, "widgets_values": values}], "links": [], "version": 0.4}
+
+
+def test_a_dynamic_combos_option_widgets_take_the_values_after_it(node_classes) -> None:
+    """ComfyUI 0.33's SaveVideo: ``format`` adds ``format.codec``, whose ``h264`` adds
+    ``format.codec.encoding``, whose ``re-encode`` adds ``crf`` and ``color space``, each
+    right after the combo that adds it, named by its path; the frontend sets the saved
+    values in that order. The hidden ``codec`` (kept for old prompts) comes last."""
+    _dynamic(node_classes, "SaveVideo", "format")
+    values = ["clip", "mp4", "h264", "re-encode", 18.0, "HDR", "auto"]
+    inputs = [{"name": "video", "type": "VIDEO", "link": None}]
+    prompt = convert(_one_node("SaveVideo", values, inputs), node_classes)
+    assert prompt["1"]["inputs"] == {
+        "filename_prefix": "clip",
+        "format": "mp4",
+        "format.codec": "h264",
+        "format.codec.encoding": "re-encode",
+        "format.codec.encoding.crf": 18.0,
+        "format.codec.encoding.color_space": "HDR",
+        "codec": "auto",
+    }
+    # The option chosen decides how many values follow: "auto" adds none.
+    prompt = convert(_one_node("SaveVideo", ["clip", "webm", "auto", "auto"], inputs), node_classes)
+    assert prompt["1"]["inputs"] == {
+        "filename_prefix": "clip",
+        "format": "webm",
+        "format.codec": "auto",
+        "codec": "auto",
+    }
+
+
+def test_values_a_dynamic_combo_lacks_keep_only_safe_defaults(node_classes) -> None:
+    """A file saved before an input existed has no value for it. The frontend keeps the
+    widget's default; the converter does that only for a hidden input or an option's
+    optional one (SaveVideo's templates: ``[prefix, format, codec]`` gets the hidden
+    ``codec`` and h264's optional ``encoding`` at "auto", as the frontend sends). A
+    missing required value is refused as another version of the node, naming it."""
+    _dynamic(node_classes, "SaveVideo", "format")
+    inputs = [{"name": "video", "type": "VIDEO", "link": None}]
+    prompt = convert(_one_node("SaveVideo", ["clip", "mp4", "h264"], inputs), node_classes)
+    assert prompt["1"]["inputs"]["format.codec.encoding"] == "auto"
+    assert prompt["1"]["inputs"]["codec"] == "auto"
+    _dynamic(node_classes, "ResizeImageMaskNode", "resize_type")
+    # "scale dimensions" adds width, height and crop; the file stops after width.
+    workflow = _one_node("ResizeImageMaskNode", ["scale dimensions", 512])
+    with pytest.raises(JobError) as caught:
+        convert(workflow, node_classes)
+    assert caught.value.code == "validation_failed"
+    assert (
+        "node 1 (ResizeImageMaskNode): 2 saved widget values, the installed node has 2 "
+        "(resize_type, scale_method, and those its options add)"
+    ) in caught.value.message
+    assert "saved with another version of it" in caught.value.message
+
+
+def test_an_option_with_a_seed_control_is_refused_as_the_converters_gap(node_classes) -> None:
+    """An option that adds a seed (and its ``control_after_generate``, whose name lacks
+    the option's prefix) is not laid out: refused, saying so, not blaming the file."""
+    _dynamic(node_classes, "TopazImageEnhanceV2", "model")
+    values = ["Bloom 2", "", 3, 649, "randomize", True, False, "silver", 0.5, 1, 0.5, 0, 0]
+    with pytest.raises(JobError) as caught:
+        convert(_one_node("TopazImageEnhanceV2", values), node_classes)
+    assert "option 'Bloom 2' of model adds widgets this converter does not lay out" in (
+        caught.value.message
+    )
+    assert "saved with another version" not in caught.value.message
+
+
+def test_custom_combo_options_grow_as_the_frontend_grows_them() -> None:
+    """CustomCombo (0.33): ``[choice, index, option1, ...]`` with an empty last option;
+    ``index`` as the frontend works it out when queueing, not as saved."""
+    filled = custom_combo(["9:16", 0, "16:9", "9:16", ""])
+    assert filled is not None
+    assert {w.name: v for w, v in filled} == {
+        "choice": "9:16",
+        "index": 1,
+        "option1": "16:9",
+        "option2": "9:16",
+        "option3": "",
+    }
+    filled = custom_combo(["x", 5, "a"])  # the frontend adds the empty one after "a"
+    assert filled is not None
+    assert {w.name: v for w, v in filled} == {
+        "choice": "x",
+        "index": -1,
+        "option1": "a",
+        "option2": "",
+    }
+    assert custom_combo(["a", 0, "a", "", "b"]) is None  # no widget would take "b"
+
+
+def test_widgets_of_frontend_1_49_kinds(node_classes) -> None:
+    """0.33's colour, painter and image-comparison inputs are widgets in frontend 1.49:
+    Painter's mask (a STRING drawn as a painter, no upload button) and colour are saved
+    and sent; ImageCompare's view is sent but never saved."""
+    if "Painter" not in node_classes or "ImageCompare" not in node_classes:
+        pytest.skip("Painter and ImageCompare are ComfyUI 0.33's")
+    painter = [(w.name, w.in_prompt, w.saved) for w in widgets_of(node_classes["Painter"])]
+    assert painter == [(n, True, True) for n in ("mask", "width", "height", "bg_color")]
+    compare = [(w.name, w.in_prompt, w.saved) for w in widgets_of(node_classes["ImageCompare"])]
+    assert compare == [("compare_view", True, False)]
 
 
 def test_overrides_name_the_converted_prompts_node_ids(make_pipeline) -> None:
@@ -392,6 +538,9 @@ def _with(path: str, value: object) -> dict:
         (_with("definitions.subgraphs.0.nodes.0", 7), "nodes[0]: must be an object"),
         (_with("definitions.subgraphs.0.outputs", {}), "subgraphs[0].outputs: must be a list"),
         (_with("definitions.subgraphs.0.outputs.0.linkIds", [[5]]), "linkIds: must be"),
+        (_with("definitions.subgraphs.0.inputs", {}), "subgraphs[0].inputs: must be a list"),
+        (_with("definitions.subgraphs.0.inputs.0.linkIds", 5), "inputs[0]: must be an object"),
+        (_with("definitions.subgraphs.0.inputs.0.linkIds", [{}]), "inputs[0].linkIds: must"),
         (_with("nodes.0.id", [1]), "nodes[0]: id must be a number or a string"),
         (_with("nodes.0.type", ["EmptyImage"]), "node 1: type must be a string"),
         (_with("nodes.0.inputs", {"width": 1}), "node 1: inputs must be a list"),

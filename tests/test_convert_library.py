@@ -67,7 +67,13 @@ LOCALE_TITLES: dict[str, dict[str, str]] = {
         "PreviewAny": "Preview Any",
         "Preview3D": "Preview 3D",
     },
-    "0.33.0": {"TopazImageEnhance": "Topaz Image Enhance"},
+    "0.33.0": {
+        "TopazImageEnhance": "Topaz Image Enhance",
+        "ByteDance2ReferenceNode": "ByteDance Seedance 2.5 Reference to Video",
+        "IdeogramPImage": "Ideogram P-Image",
+        "LTXVConcatAVLatent": "LTXVConcatAVLatent",
+        "LTXVSeparateAVLatent": "LTXVSeparateAVLatent",
+    },
 }
 
 #: Widgets that only show something (an audio player, a text preview, an image
@@ -108,6 +114,21 @@ QUIRKS: dict[str, dict[str, list[tuple[str, str | None, Any, Any]]]] = {
     "0.33.0": {
         # A bypassed subgraph node inside a subgraph: 1.49 hands its input through and
         # still lists its inner nodes (unlinked, so they never run); ours lists none.
+        # A subgraph input linked outside (here through a reroute from a primitive):
+        # 1.49 sends the inner widget's own value, the converter what the link gives
+        # (docs/saved-workflows.md, "The two frontends").
+        "template_contact_sheet-step_3.app": [
+            (node_id, "duration", 3, 5)
+            for node_id in (
+                "309:310",
+                "345:343",
+                "353:351",
+                "361:359",
+                "369:367",
+                "377:375",
+                "385:383",
+            )
+        ],
         "flux1_dev_uso_reference_image_gen": [
             (node_id, None, kind, ABSENT)
             for node_id, kind in (
@@ -188,16 +209,20 @@ def test_template_converts_as_the_frontend_does(name: str, converter) -> None:
     assert ours == expected
 
 
-def test_a_refusal_names_inputs_the_converter_does_not_follow(converter) -> None:
-    """ComfyUI 0.33's dynamic combos add widgets by the option chosen (``SaveVideo``'s
-    ``format`` adds ``format.codec``); the converter does not lay them out yet, and its
-    refusal says so instead of blaming the file."""
+def test_a_refusal_names_an_option_the_converter_does_not_lay_out(converter) -> None:
+    """ComfyUI 0.33's dynamic combos add widgets by the option chosen, and the converter
+    lays them out, except an option that adds a seed's ``control_after_generate`` (the
+    frontend removes an option's widgets by their name's prefix, which that one lacks).
+    Its refusal says so instead of blaming the file."""
     if VERSION != "0.33.0":
         pytest.skip("dynamic combos are ComfyUI 0.33's")
     with pytest.raises(JobError) as caught:
-        converter(_library()["templates"]["api_bfl_flux_video_upscale"]["workflow"])
+        converter(_library()["templates"]["api_topaz_image_enhance_bloom2"]["workflow"])
     message = caught.value.message
-    assert "node 3 (SaveVideo): 3 saved widget values, the installed node has 1" in message
-    assert "and format, codec add widgets by the option chosen" in message
+    assert (
+        "node 2 (TopazImageEnhanceV2): 13 saved widget values, but option 'Bloom 2' of model "
+        "adds widgets this converter does not lay out (a seed's control)"
+    ) in message
     assert "export the API format from ComfyUI for such a workflow" in message
-    assert caught.value.detail["widget_mismatch"][0]["dynamic"] == ["format", "codec"]
+    assert "saved with another version" not in message
+    assert caught.value.detail["widget_mismatch"][0]["unfollowed"] == "model"
