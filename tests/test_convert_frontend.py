@@ -2,12 +2,17 @@
 
 Hypothesis draws small graphs of model-free core nodes — random widget values, links,
 reroute chains, primitives (the frontend's and ComfyUI's own), converted widgets, titles,
-muted and bypassed nodes, notes, a subgraph, both save versions; the desktop ComfyUI's
-frontend in Debian's chromium builds each with the LiteGraph API and saves it, reopens
-the save and makes the prompt (``app.graphToPrompt()``). Converting that same save here
-must give that prompt. Runs on the ComfyUI and frontend of the lane (0.3.75 + 1.32.9,
-0.33.0 + 1.49.6). ``CONVERT_EXAMPLES`` sets how many graphs (default 60; the draws are
-derandomized, so a CI run is repeatable).
+muted and bypassed nodes, notes, a subgraph (itself bypassed or muted, where the
+frontend drops a subgraph node's insides as the converter does) perhaps nested in
+another, links through the link's own reroutes, both save versions, saves compressed as
+templates are (unlinked widget inputs left out); the desktop ComfyUI's frontend in
+Debian's chromium builds each with the LiteGraph API and saves it, reopens the save and
+makes the prompt (``app.graphToPrompt()``). Converting that same save here must give
+that prompt. Runs on the ComfyUI and frontend of the lane (0.3.75 + 1.32.9, 0.33.0 +
+1.49.6). ``CONVERT_EXAMPLES`` sets how many graphs (default 60; the draws are
+derandomized, so a CI run is repeatable); ``CONVERT_SHRINK=1`` has hypothesis shrink a
+failing graph to a small one (minutes in the browser, so not in CI, where the whole
+failing case is written out instead).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pytest
 from comfyui_runpod.executor.convert import DisplayNames, convert
 from comfyui_runpod.executor.errors import JobError
 from desktopkit import launch_chromium, open_frontend, require_chromium, start_desktop
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 #: Core nodes that need no model and make something from nothing: each graph starts here.
@@ -42,6 +47,7 @@ CONSUMERS = (
 )
 POOL = SOURCES + CONSUMERS
 EXAMPLES = int(os.environ.get("CONVERT_EXAMPLES", "60"))
+SHRINK = os.environ.get("CONVERT_SHRINK") == "1"
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 WIDGET_CHOICES = ("value", "value", "link", "primitive")
 TEXT = st.text(string.ascii_letters + string.digits + "_- ", min_size=1, max_size=10)
@@ -98,8 +104,9 @@ def _value(kind: Any, options: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def graphs(draw: st.DrawFn, classes: dict[str, Any]) -> dict[str, Any]:
-    """A graph as the JS below builds it: nodes, links (through reroutes), primitives."""
+def graphs(draw: st.DrawFn, classes: dict[str, Any], subgraph_modes: list[int]) -> dict[str, Any]:
+    """A graph as the JS below builds it: nodes, links (through reroute nodes and the
+    link's own reroutes), primitives, a subgraph perhaps nested in another."""
     count = draw(st.integers(2, 7))
     nodes: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
@@ -129,33 +136,68 @@ def graphs(draw: st.DrawFn, classes: dict[str, Any]) -> dict[str, Any]:
             choice = "link" if not is_widget else draw(st.sampled_from(WIDGET_CHOICES))
             if choice == "link" and sources:
                 origin, slot = draw(st.sampled_from(sources))
-                reroutes = draw(st.integers(0, 2))
                 links.append(
-                    {"from": origin, "out": slot, "to": index, "input": name, "reroutes": reroutes}
+                    {
+                        "from": origin,
+                        "out": slot,
+                        "to": index,
+                        "input": name,
+                        "widget": is_widget,
+                        "reroutes": draw(st.integers(0, 2)),
+                        "native": draw(st.integers(0, 2)),
+                    }
                 )
             elif choice == "primitive" and kind in ("INT", "STRING"):
                 value = draw(_value(kind, options))
                 primitives.append({"to": index, "input": name, "value": value})
         nodes.append(node)
     grouped = draw(st.none() | st.lists(st.integers(0, count - 1), min_size=1, unique=True))
-    if grouped:  # a PrimitiveNode into a subgraph: 1.32 inlines it (as ours), 1.49 drops it
-        primitives = [p for p in primitives if p["to"] not in grouped]
+    outer = None
+    if grouped and draw(st.booleans()):  # the subgraph node and others into another
+        rest = [i for i in range(count) if i not in grouped]
+        outer = draw(st.lists(st.sampled_from(rest), unique=True)) if rest else []
+    inside = set(grouped or ()) | set(outer or ())
+    # A PrimitiveNode into a subgraph: 1.32 inlines it (as ours), 1.49 drops it.
+    primitives = [p for p in primitives if p["to"] not in inside]
+    # A muted subgraph node feeding a widget: as a muted node above. A bypassed or muted
+    # subgraph node inside another: both frontends still send its inner nodes (they
+    # check the mode of top-level nodes only), the converter drops them.
+    crossing = any(
+        link["widget"] and link["from"] in (grouped or ()) and link["to"] not in grouped
+        for link in links
+    )
+    modes = [0] if outer is not None else [m for m in subgraph_modes if not (crossing and m == 2)]
     return {
         "nodes": nodes,
         "links": links,
         "primitives": primitives,
         "notes": draw(st.integers(0, 1)),
         "subgraph": grouped,
+        "subgraph_mode": draw(st.sampled_from(modes)),
+        "outer": outer,
         "version": draw(st.sampled_from(["0.4", "1"])),
+        "compress": draw(st.booleans()),
     }
 
 
+# Each example starts from a cleared graph with an id of its own: frontend 1.49 keeps
+# widget values in a store keyed by root graph id, node id and widget name, and
+# ``clear()`` leaves the graph the all-zero id, whose entries it never clears, so a node
+# made there took the value of the same id's node in an earlier example. ``stale``
+# names any node whose widgets differ from a new node's on being added (the check that
+# examples stay apart). A compressed save leaves out unlinked widget inputs, as
+# templates are saved.
 BUILD = """async (spec) => {
   const g = app.graph;
   g.clear();
+  g.id = crypto.randomUUID();
+  const stale = [];
   const slot = (n, name) => n.inputs.findIndex((i) => i.name === name);
-  const made = spec.nodes.map((s) => {
-    const n = LiteGraph.createNode(s.type); g.add(n);
+  const made = spec.nodes.map((s, i) => {
+    const n = LiteGraph.createNode(s.type);
+    const fresh = JSON.stringify((n.widgets ?? []).map((w) => w.value));
+    g.add(n);
+    if (JSON.stringify((n.widgets ?? []).map((w) => w.value)) !== fresh) stale.push(i);
     if (s.title !== null) n.title = s.title;
     for (const [name, value] of Object.entries(s.widgets)) {
       const w = n.widgets?.find((w) => w.name === name); if (w) w.value = value;
@@ -168,7 +210,8 @@ BUILD = """async (spec) => {
       const r = LiteGraph.createNode('Reroute'); g.add(r); from.connect(out, r, 0);
       from = r; out = 0;
     }
-    from.connect(out, made[l.to], slot(made[l.to], l.input));
+    let before = from.connect(out, made[l.to], slot(made[l.to], l.input));
+    for (let i = 0; before && i < l.native; i++) before = g.createReroute([40 * i, 40], before);
   }
   for (const p of spec.primitives) {
     const n = LiteGraph.createNode('PrimitiveNode'); g.add(n);
@@ -179,13 +222,24 @@ BUILD = """async (spec) => {
     const n = LiteGraph.createNode('Note'); g.add(n); n.widgets[0].value = 'a note';
   }
   spec.nodes.forEach((s, i) => { made[i].mode = s.mode; });
-  if (spec.subgraph) g.convertToSubgraph(new Set(spec.subgraph.map((i) => made[i])));
+  if (spec.subgraph) {
+    const {node} = g.convertToSubgraph(new Set(spec.subgraph.map((i) => made[i])));
+    node.mode = spec.subgraph_mode;
+    if (spec.outer) g.convertToSubgraph(new Set([node, ...spec.outer.map((i) => made[i])]));
+  }
   const saved = JSON.parse(JSON.stringify(
     spec.version === '1' ? g.asSerialisable() : g.serialize()));
+  if (spec.compress) {
+    const lean = (n) => {
+      if (n.inputs) n.inputs = n.inputs.filter((i) => !i.widget || i.link != null);
+    };
+    saved.nodes.forEach(lean);
+    (saved.definitions?.subgraphs ?? []).forEach((d) => d.nodes.forEach(lean));
+  }
   await app.loadGraphData(structuredClone(saved), true, true, 'random',
     {showMissingNodesDialog: false, showMissingModelsDialog: false});
   const {output} = await app.graphToPrompt();
-  return {saved, prompt: JSON.parse(JSON.stringify(output))};
+  return {saved, prompt: JSON.parse(JSON.stringify(output)), stale};
 }"""
 
 
@@ -194,17 +248,24 @@ def test_converting_the_frontends_saves_gives_its_prompts(
 ) -> None:
     classes = executor.comfy.nodes.NODE_CLASS_MAPPINGS
     names = DisplayNames(classes, executor.comfy.nodes.NODE_DISPLAY_NAME_MAPPINGS)
+    # Frontend 1.32 sends the insides of a bypassed or muted subgraph node (1.49 and the
+    # converter drop them), so only 1.49 on draws such subgraph nodes.
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__")
+    newer = tuple(int(part) for part in version.split(".")[:2]) >= (1, 49)
+    subgraph_modes = [0, 4, 2] if newer else [0]
 
     @settings(
         max_examples=EXAMPLES,
         derandomize=True,
         deadline=None,
         database=None,
+        phases=list(Phase) if SHRINK else [Phase.explicit, Phase.generate],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(graphs({t: classes[t] for t in POOL}))
+    @given(graphs({t: classes[t] for t in POOL}, subgraph_modes))
     def check(spec: dict[str, Any]) -> None:
         made = page.evaluate(BUILD, spec)
+        assert made["stale"] == [], "a node took widget values left by an earlier example"
         if not made["prompt"]:  # nothing would run: the converter refuses the file
             with pytest.raises(JobError, match="no nodes to run"):
                 convert(made["saved"], classes, names)
