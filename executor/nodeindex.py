@@ -286,12 +286,17 @@ class LazyNodeClasses(dict):  # type: ignore[type-arg]
         for name, value in dict(*args, **kwargs).items():
             self[name] = value
 
+    def _names(self) -> list[str]:
+        """A snapshot: another thread (a job's first use) may import a module meanwhile."""
+        with self._lock:
+            loaded = list(dict.keys(self))
+            return loaded + [n for n in self._pending if not dict.__contains__(self, n)]
+
     def __iter__(self) -> Iterator[str]:
-        yield from dict.__iter__(self)
-        yield from (name for name in list(self._pending) if not dict.__contains__(self, name))
+        return iter(self._names())
 
     def __len__(self) -> int:
-        return dict.__len__(self) + sum(1 for n in self._pending if not dict.__contains__(self, n))
+        return len(self._names())
 
     def keys(self) -> KeysView[str]:  # type: ignore[override]
         return KeysView(self)

@@ -256,3 +256,13 @@ def test_a_lazy_module_that_fails_fails_like_an_import_and_can_be_retried(
     assert "broken" not in sys.modules
     with pytest.raises(RuntimeError, match="broken at import"):
         import broken
+
+
+def test_listing_while_a_first_use_imports_a_module_does_not_break() -> None:
+    """``/health`` or ``comfyui nodes`` may list the types while the executor thread
+    imports a module on first use: the listing reads a snapshot."""
+    mappings = _mappings([])
+    listing = iter(mappings)
+    assert next(listing) == "Core"
+    assert mappings["A"] == "class A"  # the dict grows while the listing is under way
+    assert sorted(["Core", *listing]) == ["A", "B", "C", "Core"]
