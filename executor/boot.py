@@ -264,6 +264,7 @@ def _load_nodes(
         first_use = ImportReport(location.path)
         with first_use.capturing(report=final):
             nodeindex.run_now(nodes.load_custom_node(provider.path, module_parent=provider.parent))
+        _redact_api_request_logs()  # a partner-node module may have brought the logger
         if final:
             failed.extend(first_use.failed)
         return not first_use.failed

@@ -221,8 +221,9 @@ class ModelCache:
         """
         target = self.path_of(spec)
         key = _key(spec)
-        if not target.is_file() and not trusted:
-            self._check_host(spec)
+        if not target.is_file():
+            if not trusted:
+                self._check_host(spec)
             # One downloader per file, across processes: the others wait here, then find it.
             with self._locked(f"{key}.download", fcntl.LOCK_EX):
                 if not target.is_file():

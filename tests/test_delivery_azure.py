@@ -124,7 +124,9 @@ def test_account_url_and_sas_token_never_return_the_token(
             },
         },
     }
-    with caplog.at_level(logging.DEBUG):
+    # The runpod SDK, once imported (by another test, or the worker), sets urllib3's level
+    # to WARNING: open it for this run, as a worker's -v or a root DEBUG handler would see.
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="urllib3"):
         result = make_pipeline().run_sync(job)
     assert result["files"] == [f"{azurite.endpoint}/{container}/generations/az-sas/inv_00001_.png"]
     blob = azurite.service().get_blob_client(container, "generations/az-sas/inv_00001_.png")
