@@ -31,11 +31,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..nodes.netguard import (
     ALLOW_FLAG,
-    PrivateAddress,
     URLRefused,
-    checked_socket,
+    checked_pools,
+    private_first_answer,
     redact,
-    resolve_checked,
 )
 from .errors import JobError
 
@@ -262,20 +261,13 @@ def _require_sdk(where: str) -> None:
 
 
 def check_endpoint(cfg: AzureConfig) -> None:
-    """Refuse a job's account on a private address before the job runs, so that the
-    refusal costs no GPU time. Blocking (DNS). Every connection is still checked, since
-    DNS may answer otherwise later; a name that does not resolve now is the upload's to
-    report."""
+    """Refuse a job's account on a private address before the job runs
+    (``netguard.private_first_answer``); every connection is still checked."""
     if cfg.guard_field is None:
         return
-    parts = urlsplit(cfg.account_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        resolve_checked(parts.hostname or "", port, allow_private=False)
-    except PrivateAddress as exc:
-        raise _refused(cfg, exc) from None
-    except URLRefused:
-        pass
+    refused = private_first_answer(cfg.account_url)
+    if refused is not None:
+        raise _refused(cfg, refused)
 
 
 def _refused(cfg: AzureConfig, cause: URLRefused) -> JobError:
@@ -434,37 +426,12 @@ def _guarded_transport(workers: int) -> Any:
 
 @functools.cache
 def _guarded_pools() -> dict[str, type]:
-    """urllib3 pools whose connections open with ``checked_socket`` (as ``storage.py``
-    does for botocore's pools); a refusal passes through as ``URLRefused``."""
-    import socket
-
+    """urllib3's own pools, their connections through ``checked_socket`` (as
+    ``storage.py`` does for botocore's)."""
     from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
     from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-    class Checked:
-        def _new_conn(self: Any) -> socket.socket:
-            try:
-                options = self.socket_options or ()
-                return checked_socket(self._dns_host, self.port, self.timeout, False, options)
-            except TimeoutError as e:
-                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from e
-            except OSError as e:
-                raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
-
-    class CheckedHTTP(Checked, HTTPConnection):
-        pass
-
-    class CheckedHTTPS(Checked, HTTPSConnection):
-        pass
-
-    class HTTPPool(HTTPConnectionPool):
-        ConnectionCls = CheckedHTTP
-
-    class HTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = CheckedHTTPS
-
-    return {"http": HTTPPool, "https": HTTPSPool}
+    return checked_pools(HTTPConnectionPool, HTTPSConnectionPool, HTTPConnection, HTTPSConnection)
 
 
 class _NoQuery(logging.Filter):

@@ -113,6 +113,53 @@ def checked_socket(
     raise error
 
 
+def private_first_answer(url: str) -> PrivateAddress | None:
+    """Whether ``url``'s host resolves to a private address now: a job's own storage
+    endpoint is refused before the job runs, so the refusal costs no GPU time. Only a
+    first answer (blocking DNS): every connection is still checked (``checked_pools``),
+    and a name that does not resolve now is left to the upload to report."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        resolve_checked(parts.hostname or "", port, allow_private=False)
+    except PrivateAddress as exc:
+        return exc
+    except URLRefused:
+        pass
+    return None
+
+
+def checked_pools(
+    http_pool: type, https_pool: type, http_conn: type, https_conn: type
+) -> dict[str, type]:
+    """urllib3 pool classes (``http_pool``/``https_pool`` or a library's subclasses of
+    them, with its connection classes) whose connections open through ``checked_socket``,
+    public addresses only; a refusal passes through as ``URLRefused``, and connect
+    failures are raised as urllib3's own ``_new_conn`` raises them, so the library
+    classifies and retries them as always."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+
+    class Checked:
+        def _new_conn(self: Any) -> socket.socket:
+            try:
+                options = self.socket_options or ()
+                return checked_socket(self._dns_host, self.port, self.timeout, False, options)
+            except TimeoutError as e:
+                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from e
+            except OSError as e:
+                raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
+
+    connections = {
+        "http": type("CheckedHTTPConnection", (Checked, http_conn), {}),
+        "https": type("CheckedHTTPSConnection", (Checked, https_conn), {}),
+    }
+    pools = {"http": http_pool, "https": https_pool}
+    return {
+        scheme: type(f"Checked{base.__name__}", (base,), {"ConnectionCls": connections[scheme]})
+        for scheme, base in pools.items()
+    }
+
+
 _QUERY = re.compile(r"\?[^\s'\"<>]+")
 
 

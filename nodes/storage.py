@@ -26,11 +26,10 @@ from urllib.parse import quote, urlsplit
 
 from .netguard import (
     ALLOW_FLAG,
-    PrivateAddress,
     URLRefused,
-    checked_socket,
+    checked_pools,
+    private_first_answer,
     redact,
-    resolve_checked,
 )
 
 MAX_URL_EXPIRY_S = 7 * 24 * 3600  # S3 rejects presigned URLs valid for longer (SigV4)
@@ -455,35 +454,15 @@ def _guard(client: Any) -> None:
 
 @functools.cache
 def _guarded_pools() -> dict[str, type]:
-    """urllib3 pools whose connections connect through ``checked_socket``."""
-    import socket
-
+    """botocore's urllib3 pools, their connections through ``checked_socket``."""
     from botocore import awsrequest
-    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-    class Checked:
-        def _new_conn(self: Any) -> socket.socket:
-            try:
-                options = self.socket_options or ()
-                return checked_socket(self._dns_host, self.port, self.timeout, False, options)
-            except TimeoutError as e:  # raised as urllib3's own _new_conn raises them, so
-                raise ConnectTimeoutError(self, f"connect to {self.host} timed out") from e
-            except OSError as e:  # botocore classifies (and retries) them as always
-                raise NewConnectionError(self, f"Failed to establish a new connection: {e}") from e
-
-    class HTTPConnection(Checked, awsrequest.AWSHTTPConnection):
-        pass
-
-    class HTTPSConnection(Checked, awsrequest.AWSHTTPSConnection):
-        pass
-
-    class HTTPPool(awsrequest.AWSHTTPConnectionPool):
-        ConnectionCls = HTTPConnection
-
-    class HTTPSPool(awsrequest.AWSHTTPSConnectionPool):
-        ConnectionCls = HTTPSConnection
-
-    return {"http": HTTPPool, "https": HTTPSPool}
+    return checked_pools(
+        awsrequest.AWSHTTPConnectionPool,
+        awsrequest.AWSHTTPSConnectionPool,
+        awsrequest.AWSHTTPConnection,
+        awsrequest.AWSHTTPSConnection,
+    )
 
 
 def _put(
@@ -525,20 +504,13 @@ def _put(
 
 
 def check_endpoint(cfg: BucketConfig) -> None:
-    """Refuse a job's endpoint that resolves to a private address before the job runs, so
-    that the refusal costs no GPU time. Blocking (DNS). Only a first answer: every
-    connection is still checked (``_guard``), since DNS may answer otherwise later, and a
-    name that does not resolve now is left to the upload's own retries."""
+    """Refuse a job's endpoint that resolves to a private address before the job runs
+    (``netguard.private_first_answer``); every connection is still checked (``_guard``)."""
     if cfg.guard_field is None or not cfg.endpoint_url:
         return
-    parts = urlsplit(cfg.endpoint_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        resolve_checked(parts.hostname or "", port, allow_private=False)
-    except PrivateAddress as e:
-        raise _refused(cfg, e) from None
-    except URLRefused:
-        pass
+    refused = private_first_answer(cfg.endpoint_url)
+    if refused is not None:
+        raise _refused(cfg, refused)
 
 
 def _check_refused(e: Exception, cfg: BucketConfig) -> None:
